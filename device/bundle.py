@@ -1,0 +1,240 @@
+"""The model bundle: a folder with `model.tflite`, `labels.txt` and `model.json`.
+
+    from skinedge.device.bundle import load_model_source
+    src = load_model_source("models/ham10000")      # or a bare .tflite
+    src.model_path, src.labels, src.spec, src.meta
+
+`model.tflite` is self-describing: a zip archive appended to the flatbuffer (the TFLite Metadata convention for
+associated files) holds `labels.txt` and `skinedge.json` (the input spec and flag rule). Any runtime loads the
+model unchanged, and the standard library's zipfile reads the archive. `model.json` beside it is the full record:
+labels, input spec, quantization, validation metrics, the model's sha256, data and training summary, intended use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from .constants import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    EMBEDDED_LABELS,
+    EMBEDDED_SPEC,
+    LABELS_FILE,
+    META_FILE,
+    MODEL_FILE,
+)
+from .labels import LabelsError, format_labels, parse_labels, read_labels
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+
+
+class BundleError(ValueError):
+    """A model or bundle that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """Raise a flag when P(label) >= threshold (chosen on validation data for high sensitivity)."""
+
+    label: str
+    threshold: float
+
+    def applies(self, probabilities: Mapping[str, float]) -> bool:
+        return probabilities.get(self.label, 0.0) >= self.threshold
+
+
+@dataclass
+class ModelSource:
+    """What the device needs to run a model: its file, labels, input spec, flag rule and full metadata."""
+
+    model_path: Path
+    labels: Optional[list[str]]
+    spec: dict[str, Any] = field(default_factory=dict)  # the embedded/`model.json` "input" section
+    flag: Optional[FlagRule] = None
+    meta: Optional[dict[str, Any]] = None  # model.json, when the model came from a bundle folder
+    sha256: str = ""
+
+
+def sha256_file(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold
+
+
+def embed_metadata(tflite: bytes, labels: Sequence[str], spec: Mapping[str, Any]) -> bytes:
+    """Append a zip with labels and the input spec to a TFLite flatbuffer."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, text in (
+            (EMBEDDED_LABELS, format_labels(labels)),
+            (EMBEDDED_SPEC, json.dumps(dict(spec), indent=1, sort_keys=True)),
+        ):
+            # a fixed timestamp, so the same model and metadata always give the same bytes (and sha256)
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE_TIME)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, text)
+    return bytes(tflite) + buf.getvalue()
+
+
+def read_embedded(path: PathLike) -> tuple[Optional[list[str]], dict[str, Any]]:
+    """Labels and spec packed inside a .tflite file, or (None, {}) for a model without them.
+
+    Reads TFLite Model Maker models too: their label file is the single .txt in the archive.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            spec: dict[str, Any] = {}
+            if EMBEDDED_SPEC in names:
+                spec = json.loads(zf.read(EMBEDDED_SPEC).decode("utf-8"))
+                if not isinstance(spec, dict):
+                    raise BundleError(f"{path}: embedded {EMBEDDED_SPEC} is not a JSON object")
+            texts = [n for n in names if n.lower().endswith(".txt")]
+            label_name = EMBEDDED_LABELS if EMBEDDED_LABELS in names else (texts[0] if len(texts) == 1 else None)
+            labels = None
+            if label_name is not None:
+                labels = parse_labels(zf.read(label_name).decode("utf-8-sig"), f"{path}!{label_name}")
+            return labels, spec
+    except zipfile.BadZipFile:
+        return None, {}
+    except (UnicodeDecodeError, json.JSONDecodeError, LabelsError, KeyError) as exc:
+        raise BundleError(f"{path}: embedded metadata is unreadable ({exc})") from None
+
+
+def _flag_from(spec: Mapping[str, Any], labels: Optional[Sequence[str]], source: PathLike) -> Optional[FlagRule]:
+    flag = spec.get("flag")
+    if not flag:
+        return None
+    try:
+        rule = FlagRule(label=str(flag["label"]), threshold=float(flag["threshold"]))
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f"{source}: flag rule must have a label and a numeric threshold") from None
+    if labels is not None and rule.label not in labels:
+        raise BundleError(f"{source}: flag label {rule.label!r} is not one of the model's labels")
+    return rule
+
+
+def read_meta(path: PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: malformed JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not a skinedge model.json (missing \"format\": \"{BUNDLE_FORMAT}\")")
+    return meta
+
+
+def load_model_source(
+    model: PathLike, labels_path: Optional[PathLike] = None, allow_modified: bool = False
+) -> ModelSource:
+    """Resolve MODEL (a bundle folder or a .tflite) into its file, labels, spec and flag rule.
+
+    Labels come from `labels_path` when given, else the bundle, else the model's embedded metadata. A bundle's
+    model must match the sha256 in `model.json` unless `allow_modified`.
+    """
+    model = Path(model)
+    meta: Optional[dict[str, Any]] = None
+    if model.is_dir():
+        model_path = model / MODEL_FILE
+        if not model_path.is_file():
+            raise BundleError(f"{model}: not a bundle (no {MODEL_FILE} inside)")
+        if (model / META_FILE).is_file():
+            meta = read_meta(model / META_FILE)
+    elif model.is_file():
+        model_path = model
+    else:
+        raise BundleError(f"{model}: no such model file or bundle folder")
+
+    digest = sha256_file(model_path)
+    if meta is not None:
+        expected = meta.get("model", {}).get("sha256")
+        if expected and expected != digest and not allow_modified:
+            raise BundleError(
+                f"{model_path}: sha256 {digest[:12]}… does not match {META_FILE} ({str(expected)[:12]}…); "
+                "the model was modified or corrupted (use --allow-modified to run it anyway)"
+            )
+
+    embedded_labels, spec = read_embedded(model_path)
+    if meta is not None:
+        spec = {**spec, **meta.get("input", {}), "flag": meta.get("flag", spec.get("flag"))}
+    if labels_path is not None:
+        labels: Optional[list[str]] = read_labels(labels_path)
+    elif meta is not None and meta.get("labels"):
+        labels = parse_labels("\n".join(meta["labels"]), str(model / META_FILE))
+    elif model.is_dir() and (model / LABELS_FILE).is_file():
+        labels = read_labels(model / LABELS_FILE)
+    else:
+        labels = embedded_labels
+    return ModelSource(
+        model_path=model_path, labels=labels, spec=spec, flag=_flag_from(spec, labels, model),
+        meta=meta, sha256=digest,
+    )
+
+
+def write_bundle(
+    out_dir: PathLike, tflite: bytes, labels: Sequence[str], spec: Mapping[str, Any], meta: Mapping[str, Any]
+) -> Path:
+    """Write a bundle atomically: everything goes to a temporary sibling folder renamed into place at the end,
+    so an interrupted conversion never leaves a half-written bundle. An existing bundle is replaced."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    model_bytes = embed_metadata(tflite, labels, spec)
+    record = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        **dict(meta),
+        "labels": list(labels),
+        "input": {k: v for k, v in spec.items() if k != "flag"},
+        "flag": spec.get("flag"),
+        "model": {
+            **dict(meta.get("model", {})),
+            "file": MODEL_FILE,
+            "sha256": hashlib.sha256(model_bytes).hexdigest(),
+            "bytes": len(model_bytes),
+        },
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        # mkdtemp makes the folder private (0700); give the bundle the usual permissions under the umask so
+        # another user (a service account on the device) can read it after it is copied preserving modes
+        umask = os.umask(0o022)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        (tmp / MODEL_FILE).write_bytes(model_bytes)
+        (tmp / LABELS_FILE).write_text(format_labels(labels), encoding="utf-8")
+        (tmp / META_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s (%d bytes model)", out_dir, len(model_bytes))
+    return out_dir

@@ -1,0 +1,180 @@
+"""The on-device classifier: load a TFLite model and its labels once, classify frames or files.
+
+    from skinedge.device.classifier import ImageClassifier
+    clf = ImageClassifier("models/ham10000", num_threads=2, top_k=3)
+    for cat in clf.classify(rgb_uint8_frame):      # or clf.classify_path("lesion.jpg")
+        print(cat.label, cat.score)
+    clf.flagged(clf.last_probabilities)            # melanoma flag rule of the bundle, if it has one
+
+Works with any single-input image-classification TFLite model: uint8, int8 or float32 input (quantization read
+from the input tensor; float normalisation from the bundle spec or `mean`/`std`), quantized or float outputs,
+logits or probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from .bundle import BundleError, FlagRule, ModelSource, load_model_source
+from .labels import check_label_count
+from .preprocess import Size, load_image, preprocess
+from .runtime import load_interpreter
+
+log = logging.getLogger(__name__)
+
+# Float models with no normalisation in their metadata get the TFLite examples' convention: (x - 127.5) / 127.5.
+DEFAULT_FLOAT_MEAN = 127.5
+DEFAULT_FLOAT_STD = 127.5
+
+
+@dataclass(frozen=True)
+class Category:
+    index: int
+    label: str
+    score: float
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+class ImageClassifier:
+    """A TFLite image classifier with its labels, input geometry and quantization read once at load."""
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike],
+        labels_path: Optional[Union[str, os.PathLike]] = None,
+        num_threads: int = 1,
+        top_k: int = 3,
+        mean: Optional[float] = None,
+        std: Optional[float] = None,
+        allow_modified: bool = False,
+    ) -> None:
+        self.source: ModelSource = load_model_source(model, labels_path, allow_modified=allow_modified)
+        rt = load_interpreter(self.source.model_path, num_threads=num_threads)
+        self.interpreter, self.runtime, self.runtime_version = rt.interpreter, rt.name, rt.version
+        self.num_threads = num_threads
+        self.top_k = top_k
+        path = self.source.model_path
+
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1:
+            raise BundleError(f"{path}: expected a model with one image input, found {len(inputs)} inputs")
+        if len(outputs) < 1:
+            raise BundleError(f"{path}: model has no outputs")
+        inp, out = inputs[0], outputs[0]
+        shape = tuple(int(d) for d in inp["shape"])
+        if len(shape) != 4 or shape[3] != 3 or shape[0] != 1:
+            raise BundleError(f"{path}: input shape {list(shape)} is not an RGB image [1, height, width, 3]")
+        if inp["dtype"] not in (np.uint8, np.int8, np.float32):
+            raise BundleError(f"{path}: unsupported input type {np.dtype(inp['dtype']).name}")
+        self.input_size: Size = (shape[1], shape[2])
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.input_scale, self.input_zero_point = (float(v) for v in inp["quantization"])
+        self._input_index, self._output_index = inp["index"], out["index"]
+        self.output_dtype = np.dtype(out["dtype"])
+        self.output_scale, self.output_zero_point = (float(v) for v in out["quantization"])
+        self.num_classes = int(np.prod(out["shape"]))
+
+        spec = self.source.spec
+        self.mean = float(mean if mean is not None else spec.get("mean", DEFAULT_FLOAT_MEAN))
+        self.std = float(std if std is not None else spec.get("std", DEFAULT_FLOAT_STD))
+        if self.std == 0:
+            raise BundleError(f"{path}: normalisation std must not be 0")
+        if self.input_dtype == np.float32 and "mean" not in spec and mean is None:
+            log.info("%s: float input with no normalisation in its metadata; using (x - %g) / %g",
+                     path, self.mean, self.std)
+        # raw uint8 pixels go straight in when the input quantization is the identity (our bundles)
+        self._identity_input = self.input_dtype == np.uint8 and self.input_scale == 1.0 and self.input_zero_point == 0
+        self.output_is_probabilities: Optional[bool] = {"probabilities": True, "logits": False}.get(
+            str(spec.get("output", "")) or "", None
+        )
+
+        labels = self.source.labels
+        if labels is None:
+            labels = [f"class_{i}" for i in range(self.num_classes)]
+            log.warning("%s: no labels in the model or bundle; pass --labels FILE for class names", path)
+        check_label_count(labels, self.num_classes, str(self.source.model_path))
+        self.labels: list[str] = list(labels)
+        self.flag_rule: Optional[FlagRule] = self.source.flag
+        self.last_probabilities: np.ndarray = np.zeros(self.num_classes, np.float32)
+        self.last_timing: dict[str, float] = {}
+
+    # -- stages ---------------------------------------------------------------------------------------------
+
+    def _quantize_input(self, pixels: np.ndarray) -> np.ndarray:
+        if self._identity_input:
+            return pixels
+        if self.input_dtype == np.float32:
+            return ((pixels.astype(np.float32) - self.mean) / self.std)[None]
+        info = np.iinfo(self.input_dtype)
+        x = pixels.astype(np.float32)
+        if self.input_scale:
+            x = np.round(x / self.input_scale + self.input_zero_point)
+        return np.clip(x, info.min, info.max).astype(self.input_dtype)[None]
+
+    def _probabilities(self, raw: np.ndarray) -> np.ndarray:
+        x = raw.reshape(-1).astype(np.float32)
+        if self.output_dtype != np.float32 and self.output_scale:
+            x = (x - self.output_zero_point) * self.output_scale
+        if self.output_is_probabilities is None:
+            # decide once, from the first output: probabilities are non-negative and sum to ~1
+            self.output_is_probabilities = bool(x.min() >= 0 and abs(float(x.sum()) - 1.0) < 0.05)
+        return x if self.output_is_probabilities else _softmax(x)
+
+    def invoke(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for preprocessed pixels (uint8 array of the model's input size)."""
+        tensor = self._quantize_input(pixels)
+        self.interpreter.set_tensor(self._input_index, tensor.reshape(1, *tensor.shape[-3:]))
+        self.interpreter.invoke()
+        return self._probabilities(self.interpreter.get_tensor(self._output_index))
+
+    def top(self, probabilities: np.ndarray, k: Optional[int] = None) -> list[Category]:
+        k = min(k or self.top_k, len(probabilities))
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return [Category(int(i), self.labels[i], float(probabilities[i])) for i in order]
+
+    def flagged(self, probabilities: np.ndarray) -> Optional[bool]:
+        """The bundle's flag rule applied to class probabilities; None when the bundle has no rule."""
+        if self.flag_rule is None:
+            return None
+        return bool(probabilities[self.labels.index(self.flag_rule.label)] >= self.flag_rule.threshold)
+
+    # -- public API -----------------------------------------------------------------------------------------
+
+    def classify(self, frame: Union[np.ndarray, Image.Image], top_k: Optional[int] = None) -> list[Category]:
+        """Top-k categories for an RGB frame (uint8 array H x W x 3, any size) or a Pillow image."""
+        t0 = time.perf_counter()
+        pixels = preprocess(frame, self.input_size)
+        t1 = time.perf_counter()
+        self.last_probabilities = self.invoke(pixels)
+        t2 = time.perf_counter()
+        result = self.top(self.last_probabilities, top_k)
+        t3 = time.perf_counter()
+        self.last_timing = {
+            "preprocess_ms": (t1 - t0) * 1e3, "invoke_ms": (t2 - t1) * 1e3, "postprocess_ms": (t3 - t2) * 1e3,
+        }
+        return result
+
+    def classify_path(self, path: Union[str, os.PathLike], top_k: Optional[int] = None) -> list[Category]:
+        """Top-k categories for an image file; raises ImageError naming the file if it cannot be read."""
+        t0 = time.perf_counter()
+        image = load_image(Path(path), draft_size=self.input_size)
+        load_ms = (time.perf_counter() - t0) * 1e3
+        result = self.classify(image, top_k)
+        self.last_timing = {"load_ms": load_ms, **self.last_timing}
+        return result
+
+    def predict_batch(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities for many preprocessed images (N x classes), for evaluation on the workstation."""
+        return np.stack([self.invoke(p) for p in pixels]) if len(pixels) else np.zeros((0, self.num_classes))

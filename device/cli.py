@@ -1,0 +1,120 @@
+"""`skinedge device ...`: commands for the device. Imports no TensorFlow.
+
+    skinedge device classify models/ham10000 photos/ --json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import click
+
+from .bundle import BundleError
+from .classifier import ImageClassifier
+from .constants import NOT_A_DIAGNOSIS
+from .labels import LabelsError
+from .preprocess import ImageError, is_image_path
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_MODEL_ERROR = 0, 1, 2
+
+
+class ModelError(click.ClickException):
+    """The model, bundle or labels cannot be used: exit code 2, like a usage error."""
+
+    exit_code = EXIT_MODEL_ERROR
+
+
+def open_classifier(model: str, labels: Optional[str], threads: int, top_k: int, **kwargs) -> ImageClassifier:
+    try:
+        return ImageClassifier(model, labels_path=labels, num_threads=threads, top_k=top_k, **kwargs)
+    except (BundleError, LabelsError) as exc:
+        raise ModelError(str(exc)) from None
+
+
+def iter_inputs(paths: tuple[str, ...]) -> Iterator[Path]:
+    """Files as given, and image files under folders (recursively, sorted, extensions case-insensitive).
+
+    A path that does not exist is yielded as is, so it is reported as an error record rather than dropped."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    if is_image_path(name):
+                        yield Path(root) / name
+        else:
+            yield path
+
+
+@click.group()
+def device() -> None:
+    """Run models on the device (Raspberry Pi or any computer), offline, without TensorFlow."""
+
+
+@device.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--labels", type=click.Path(path_type=str), help="Labels file (one per line) for a bare .tflite.")
+@click.option("-k", "--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Categories to show.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Interpreter threads.")
+@click.option("--mean", type=float, help="Float-input models: subtract this from pixels (default from metadata).")
+@click.option("--std", type=click.FloatRange(min=0, min_open=True), help="Float-input models: divide by this.")
+@click.option("--allow-modified", is_flag=True, help="Run a bundle whose model does not match its sha256.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input, one per line.")
+def classify(
+    model: str, paths: tuple[str, ...], labels: Optional[str], top_k: int, threads: int,
+    mean: Optional[float], std: Optional[float], allow_modified: bool, as_json: bool,
+) -> None:
+    """Classify image files (or folders of them) with MODEL, a bundle folder or a .tflite file.
+
+    Exit status: 0 when every input was classified, 1 when some could not be, 2 for a usage or model error.
+
+    \b
+    Examples:
+      skinedge device classify models/ham10000 lesion.jpg
+      skinedge device classify models/ham10000 photos/ --json > results.jsonl
+      skinedge device classify mobilenet.tflite cat.jpg --labels labels.txt --top-k 5
+    """
+    clf = open_classifier(model, labels, threads, top_k, mean=mean, std=std, allow_modified=allow_modified)
+    failures = total = 0
+    if not as_json:
+        click.echo(f"# {NOT_A_DIAGNOSIS}", err=True)
+    for path in iter_inputs(paths):
+        total += 1
+        try:
+            top = clf.classify_path(path)
+        except ImageError as exc:
+            failures += 1
+            if as_json:
+                click.echo(json.dumps({"path": str(path), "error": str(exc)}))
+            else:
+                click.echo(f"error: {exc}", err=True)
+            continue
+        flag = clf.flagged(clf.last_probabilities)
+        latency = sum(clf.last_timing.values())
+        if as_json:
+            record = {
+                "path": str(path), "label": top[0].label, "score": round(top[0].score, 6),
+                "top": [{"label": c.label, "score": round(c.score, 6)} for c in top],
+                "latency_ms": round(latency, 3),
+            }
+            if flag is not None:
+                record["flag"] = flag
+            click.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            others = ", ".join(f"{c.label} {c.score:.2f}" for c in top[1:])
+            mark = "  [FLAG: refer for examination]" if flag else ""
+            click.echo(f"{path}: {top[0].label} {top[0].score:.2f}{mark}" + (f"  ({others})" if others else ""))
+    if total == 0:
+        raise click.UsageError("no image files found in the given paths")
+    if failures:
+        log.warning("%d of %d inputs could not be classified", failures, total)
+        sys.exit(EXIT_SOME_FAILED)
