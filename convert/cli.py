@@ -1,0 +1,42 @@
+"""`skinedge convert`: a thin click command over skinedge.convert.export."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Bundle folder.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.98, show_default=True,
+              help="Refuse the model below this top-1 agreement with the QAT Keras model.")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Training images used to calibrate the parts QAT left float.")
+@click.option("--flag-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Melanoma flag threshold chosen for this sensitivity on validation images.")
+@click.option("--name", help="Bundle name (default: the folder name).")
+def convert(run_dir: str, out: str, min_agreement: float, calibration_images: int, flag_sensitivity: float,
+            name: str | None) -> None:
+    """Convert RUN_DIR's QAT model to a verified full-integer int8 TFLite bundle.
+
+    The bundle folder holds model.tflite (labels and input spec embedded), labels.txt and model.json.
+
+    \b
+    Example:
+      skinedge convert runs/ham --out models/ham --min-agreement 0.99
+    """
+    from .export import ConvertError, convert_run
+
+    try:
+        meta = convert_run(run_dir, out, min_agreement, calibration_images, flag_sensitivity, name)
+    except ConvertError as exc:
+        raise click.ClickException(str(exc)) from None
+    v = meta["validation"]
+    click.echo(f"int8 agreement with QAT Keras: {meta['verification']['top1_agreement_vs_qat_keras']:.4f} "
+               f"on {meta['verification']['images']} validation images")
+    click.echo(f"int8 validation accuracy {v['accuracy']:.3f}, balanced accuracy {v['balanced_accuracy']:.3f}")
+    if meta.get("flag") or (v.get("melanoma") or {}).get("flag"):
+        f = v["melanoma"]["flag"]
+        click.echo(f"melanoma flag: P >= {f['threshold']:.4f} (val sensitivity {f['sensitivity']}, "
+                   f"specificity {f['specificity']})")
+    click.echo(f"bundle written to {out}")

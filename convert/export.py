@@ -1,0 +1,178 @@
+"""Conversion: a QAT Keras model to a full-integer int8 TFLite model, verified, packed as a bundle.
+
+    from skinedge.convert.export import convert_run
+    report = convert_run("runs/ham", "models/ham", min_agreement=0.98)
+
+The int8 model takes raw RGB uint8 pixels (the model's own rescale is quantized into it) and returns int8
+probabilities; every op runs in int8. Before anything is written it is checked against the QAT Keras model on the
+run's validation images, through the device's own ImageClassifier, and refused below `min_agreement` top-1
+agreement. The melanoma flag threshold is chosen on the same validation images for `flag_sensitivity`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from skinedge.device.bundle import write_bundle
+from skinedge.device.classifier import ImageClassifier
+from skinedge.device.constants import INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP
+
+from .tfcompat import keras, tf
+
+log = logging.getLogger(__name__)
+
+# Tensor types allowed in a full-integer model: int8 activations/weights, int32 biases, uint8 at the input edge.
+INTEGER_TYPES = {np.int8, np.uint8, np.int32}
+
+
+class ConvertError(ValueError):
+    """A run that cannot be converted, or a model that fails verification; the message says why."""
+
+
+def _representative(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def gen() -> Iterator[list[np.ndarray]]:
+        for img in images:
+            yield [img[None].astype(np.float32)]
+
+    return gen
+
+
+def to_int8_tflite(model: keras.Model, calibration: np.ndarray) -> bytes:
+    """Full-integer conversion: uint8 input, int8 output, int8 ops only.
+
+    For a QAT model the fake-quant ranges learned in training are used and `calibration` only covers what tfmot
+    left float (the input rescale); for a float model this is post-training quantization calibrated on it."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.int8
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:  # the converter raises many types; all mean "this graph will not convert"
+        raise ConvertError(f"TFLite conversion failed: {str(exc).splitlines()[0]}") from None
+
+
+def to_float_tflite(model: keras.Model) -> bytes:
+    """Plain float32 TFLite of the same network, for size and speed comparisons."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return bytes(converter.convert())
+
+
+def tensor_types(classifier: ImageClassifier) -> tuple[set[str], set[str]]:
+    """(op names, tensor dtypes) of a loaded model."""
+    interp = classifier.interpreter
+    ops = {d["op_name"] for d in interp._get_ops_details()}  # noqa: SLF001 - the only way to list ops
+    types = {np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    return ops, types
+
+
+def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
+
+
+def tflite_classifier(tflite: bytes, workdir: Path, name: str = "model.tflite", threads: int = 2) -> ImageClassifier:
+    path = workdir / name
+    path.write_bytes(tflite)
+    return ImageClassifier(path, num_threads=threads)
+
+
+def convert_run(
+    run_dir: str | Path, out_dir: str | Path, min_agreement: float = 0.98, calibration_images: int = 200,
+    flag_sensitivity: float = 0.9, name: Optional[str] = None, threads: int = 2,
+) -> dict[str, Any]:
+    """Convert RUN_DIR's QAT model into a verified int8 bundle at OUT_DIR; returns the bundle's model.json."""
+    from skinedge.train import data as D
+    from skinedge.train.config import TrainConfig
+    from skinedge.train.metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
+    from skinedge.train.model import load_qat_model
+
+    run = Path(run_dir)
+    for needed in ("config.json", "labels.txt", D.SPLIT_FILE, "qat.weights.h5"):
+        if not (run / needed).is_file():
+            hint = " (did training finish its QAT phase?)" if needed == "qat.weights.h5" else ""
+            raise ConvertError(f"{run}: not a finished training run, {needed} is missing{hint}")
+    cfg = TrainConfig.load(run / "config.json")
+    classes = [c for c in (run / "labels.txt").read_text(encoding="utf-8").splitlines() if c]
+    splits = D.load_split(run / D.SPLIT_FILE)
+    size = (cfg.img_size, cfg.img_size)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else run / "cache"
+
+    t0 = time.time()
+    qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
+    x_tr, _, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
+    rng = np.random.default_rng(cfg.seed)
+    calib = x_tr[rng.choice(len(x_tr), size=min(calibration_images, len(x_tr)), replace=False)]
+    tflite = to_int8_tflite(qat, calib)
+    convert_seconds = time.time() - t0
+    log.info("converted in %.1f s: %d bytes", convert_seconds, len(tflite))
+
+    x_va, y_va, _ = D.load_images(splits["val"], classes, size, cache, cfg.workers)
+    ref = keras_probs(qat, x_va)
+    with tempfile.TemporaryDirectory() as tmp:
+        clf = tflite_classifier(tflite, Path(tmp), threads=threads)
+        ops, types = tensor_types(clf)
+        if set(types) - {t.__name__ for t in INTEGER_TYPES}:
+            raise ConvertError(f"converted model is not full-integer: tensor types {sorted(types)}")
+        probs = clf.predict_batch(x_va)
+        quant = {
+            "input": {"dtype": clf.input_dtype.name, "scale": clf.input_scale, "zero_point": clf.input_zero_point},
+            "output": {"dtype": clf.output_dtype.name, "scale": clf.output_scale,
+                       "zero_point": clf.output_zero_point},
+        }
+    agreement = float(np.mean(probs.argmax(1) == ref.argmax(1))) if len(y_va) else 1.0
+    max_diff = float(np.abs(probs - ref).max()) if len(y_va) else 0.0
+    log.info("int8 vs QAT Keras on %d validation images: top-1 agreement %.4f, max |dp| %.4f",
+             len(y_va), agreement, max_diff)
+    if agreement < min_agreement:
+        raise ConvertError(
+            f"{run}: int8 model agrees with the QAT Keras model on only {agreement:.1%} of {len(y_va)} validation "
+            f"images (need {min_agreement:.1%}); nothing was written"
+        )
+
+    flag = None
+    mel = melanoma_index(classes)
+    if mel is not None and np.any(y_va == mel):
+        threshold = threshold_for_sensitivity(y_va == mel, probs[:, mel], flag_sensitivity)
+        flag = {"label": classes[mel], "threshold": round(threshold, 6),
+                "rule": f"flag when P({classes[mel]}) >= threshold",
+                "chosen_for": f"sensitivity >= {flag_sensitivity} on the validation split"}
+    val_metrics = classification_metrics(y_va, probs, classes, flag_threshold=flag and flag["threshold"],
+                                         reference_pred=ref.argmax(1))
+    spec = {
+        "height": size[0], "width": size[1], "channels": 3, "color": "RGB", "layout": "NHWC", "dtype": "uint8",
+        "resize": RESIZE_CENTER_CROP, "interpolation": "bilinear", "range": [0, 255], "mean": 0.0, "std": 1.0,
+        "output": "probabilities", "flag": flag,
+    }
+    counts = {k: D.class_counts(v) for k, v in splits.items()}
+    meta = {
+        "name": name or Path(out_dir).name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "architecture": {"arch": cfg.arch, "alpha": cfg.alpha, "img_size": cfg.img_size},
+        "quantization": {
+            "method": "quantization-aware training (tensorflow-model-optimization), full-integer int8",
+            "full_integer": True, "ops": sorted(ops), **quant,
+            "tools": {p: version(p) for p in ("tensorflow", "tf-keras", "tensorflow-model-optimization")},
+            "calibration_images": int(len(calib)),
+        },
+        "verification": {"images": int(len(y_va)), "top1_agreement_vs_qat_keras": round(agreement, 6),
+                         "max_abs_prob_diff": round(max_diff, 6), "min_agreement": min_agreement},
+        "validation": val_metrics,
+        "data": {"source": cfg.data, "layout": cfg.extra.get("layout"), "split_counts": counts,
+                 "split": "stratified by class, grouped by lesion (split.csv in the run dir)"},
+        "training": {"config": cfg.to_dict(), "run_dir": str(run)},
+        "intended_use": INTENDED_USE,
+        "disclaimer": NOT_A_DIAGNOSIS,
+    }
+    write_bundle(out_dir, tflite, classes, spec, meta)
+    log.info("bundle written to %s", out_dir)
+    return meta

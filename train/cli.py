@@ -1,0 +1,127 @@
+"""`skinedge train` and `skinedge compare`: thin click commands over skinedge.train."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+class WeightsChoice(click.ParamType):
+    """imagenet, none, or the path of an existing .h5 file."""
+
+    name = "imagenet|none|PATH"
+
+    def convert(self, value, param, ctx):
+        if value in ("imagenet", "none"):
+            return value
+        if not Path(value).is_file():
+            self.fail(f"{value}: not 'imagenet', 'none' or an existing weights file", param, ctx)
+        return value
+
+
+@click.command()
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Run dir to create.")
+@click.option("--arch", type=click.Choice(["mobilenetv2", "cnn"]), default="mobilenetv2", show_default=True)
+@click.option("--alpha", type=click.Choice(["0.35", "0.5", "0.75", "1.0", "1.3", "1.4"]), default="1.0",
+              show_default=True, help="MobileNetV2 width multiplier.")
+@click.option("--weights", type=WeightsChoice(), default="imagenet", show_default=True,
+              help="Backbone init: imagenet (download), none, or a no-top .h5 file.")
+@click.option("--img-size", type=click.IntRange(min=32), default=128, show_default=True, help="Input size (px).")
+@click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Epochs training the head on a frozen backbone (mobilenetv2).")
+@click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="Fine-tuning epochs.")
+@click.option("--qat-epochs", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Quantization-aware training epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Head learning rate (fine-tuning lr/10, QAT lr/100).")
+@click.option("--balance", type=click.Choice(["weights", "oversample", "none"]), default="weights",
+              show_default=True, help="Class imbalance handling.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.05, show_default=True)
+@click.option("--limit", type=click.IntRange(min=10), help="Use only N images (stratified) for a quick run.")
+@click.option("--test-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
+              help="Lesions held out as a test split (never trained or tuned on).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
+              show_default=True, help="Lesions held out for validation.")
+@click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True, help="Early stopping.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--no-augment", is_flag=True, help="Disable augmentation.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
+def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: int, head_epochs: int, epochs: int,
+          qat_epochs: int, batch_size: int, lr: float, balance: str, label_smoothing: float, limit: Optional[int],
+          test_fraction: float, val_fraction: float, patience: int, seed: int, no_augment: bool,
+          resume: bool) -> None:
+    """Train a classifier on DATA with quantization-aware training.
+
+    DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion
+    when the metadata has lesion ids. Phases: head (frozen backbone), fine-tuning, then QAT.
+
+    \b
+    Examples:
+      skinedge train ../shared/data/ham10000 --out runs/ham \\
+          --weights ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5 --img-size 160 --epochs 15
+      skinedge train ../shared/data/isic9/Train --arch cnn --epochs 20 --out runs/isic-cnn
+      skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
+    """
+    from .config import TrainConfig
+    from .data import DataError
+    from .fit import RunError, train as run_training
+    from .weights import WeightsError
+
+    cfg = TrainConfig(
+        data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, img_size=img_size,
+        head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
+        balance=balance, label_smoothing=label_smoothing, limit=limit, test_fraction=test_fraction,
+        val_fraction=val_fraction, patience=patience, seed=seed, augment=not no_augment,
+    )
+    try:
+        summary = run_training(cfg, resume=resume)
+    except (DataError, RunError, WeightsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    val = summary["validation"]
+    for name in ("float", "qat"):
+        if name in val:
+            m = val[name]
+            click.echo(f"{name:6s} val accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}"
+                       f"  macro F1 {m['macro_f1']:.3f}")
+    click.echo(f"run saved in {out}  ({summary['train_seconds']:.0f} s)")
+
+
+@click.command()
+@click.argument("data", required=False, type=click.Path(exists=True, path_type=str))
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Run dir: adds the float, QAT and PTQ-baseline models.")
+@click.option("--bundle", type=click.Path(exists=True, path_type=str), help="Bundle folder (int8 TFLite).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Report dir.")
+@click.option("--split", type=click.Choice(["test", "val", "all"]), default=None,
+              help="With --run and DATA the run's data: which split to use (default test). Otherwise all images.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most N images (stratified).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="TFLite threads.")
+def compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: str, split: Optional[str],
+            limit: Optional[int], threads: int) -> None:
+    """Compare float, QAT, int8 TFLite and a post-training-quantized baseline on the same labelled images.
+
+    Writes metrics.json, report.md and confusion-matrix PNGs to --out. With --bundle alone it evaluates what the
+    bundle holds. DATA defaults to the run's data (its held-out test split).
+
+    \b
+    Examples:
+      skinedge compare --run runs/ham --bundle models/ham --out reports/ham
+      skinedge compare ../shared/data/isic9/Train --bundle models/isic9 --out reports/isic9
+    """
+    from .compare import CompareError, run_compare
+
+    if not run_dir and not bundle:
+        raise click.UsageError("give --run, --bundle or both")
+    try:
+        result = run_compare(data, run_dir, bundle, Path(out), split, limit, threads)
+    except CompareError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result["table"])
+    click.echo(f"report written to {out}")

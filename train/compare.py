@@ -1,0 +1,210 @@
+"""Compare the float Keras, QAT Keras, int8 TFLite and post-training-quantized int8 models on the same images.
+
+    from skinedge.train.compare import run_compare
+    result = run_compare(None, "runs/ham", "models/ham", Path("reports/ham"))   # the run's held-out test split
+
+Writes REPORT_DIR/metrics.json, report.md and confusion_<variant>.png. The report dir is assembled in a temporary
+folder and renamed into place, so an interrupted comparison never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from skinedge.device.bundle import BundleError
+from skinedge.device.classifier import ImageClassifier
+from skinedge.device.constants import NOT_A_DIAGNOSIS
+
+from . import data as D
+from .config import TrainConfig
+from .metrics import classification_metrics
+from .plots import plot_confusion
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLES = 30  # single-image calls timed per variant (median reported)
+
+
+class CompareError(ValueError):
+    """Inputs that cannot be compared; the message names the file and the problem."""
+
+
+@dataclass
+class Variant:
+    name: str  # float, qat, int8, ptq_int8
+    description: str
+    probs: np.ndarray  # N x classes
+    size_bytes: int
+    latency_ms: float  # median single-image inference time on this machine
+
+
+def _keras_variant(name: str, description: str, model, x: np.ndarray, size_bytes: int) -> Variant:
+    probs = model.predict(x.astype(np.float32), batch_size=64, verbose=0)
+    times = []
+    for img in x[:LATENCY_SAMPLES]:
+        t0 = time.perf_counter()
+        model(img[None].astype(np.float32), training=False)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return Variant(name, description, probs, size_bytes, float(np.median(times)) if times else 0.0)
+
+
+def _tflite_variant(name: str, description: str, clf: ImageClassifier, x: np.ndarray) -> Variant:
+    probs, times = [], []
+    for img in x:
+        t0 = time.perf_counter()
+        probs.append(clf.invoke(img))
+        times.append((time.perf_counter() - t0) * 1e3)
+    size = clf.source.model_path.stat().st_size
+    stacked = np.stack(probs) if probs else np.zeros((0, clf.num_classes))
+    return Variant(name, description, stacked, size, float(np.median(times)) if times else 0.0)
+
+
+def _select(data: Optional[str], run: Optional[Path], cfg: Optional[TrainConfig], split: Optional[str],
+            limit: Optional[int], seed: int) -> tuple[list[D.Sample], str]:
+    """The labelled images to evaluate and a description of where they came from."""
+    same_data = run is not None and cfg is not None and (
+        data is None or Path(data).resolve() == Path(cfg.data).resolve()
+    )
+    if same_data:
+        splits = D.load_split(run / D.SPLIT_FILE)
+        name = split or ("test" if splits.get("test") else "val")
+        samples = list(splits["train"] + splits["val"] + splits["test"]) if name == "all" else splits[name]
+        if not samples:
+            raise CompareError(f"{run}: the run's {name} split is empty")
+        where = f"{cfg.data}, the run's {name} split ({len(samples)} images, lesion-disjoint from training)"
+    else:
+        if data is None:
+            raise CompareError("give DATA (labelled images) when comparing a bundle without its run")
+        try:
+            samples, _, layout = D.list_samples(data)
+        except D.DataError as exc:
+            raise CompareError(str(exc)) from None
+        where = f"{data} ({layout} layout, all {len(samples)} images)"
+    if limit:
+        samples = D.limit_samples(samples, limit, seed)
+        where += f", limited to {len(samples)}"
+    return samples, where
+
+
+def _table(variants: Sequence[Variant], metrics: dict[str, dict[str, Any]]) -> str:
+    def fmt(v: Any, pct: bool = False) -> str:
+        if v is None:
+            return "–"
+        return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+    head = ("| variant | accuracy % | balanced acc % | macro F1 | ROC-AUC | mel sens % | mel spec % "
+            "| agreement w/ float % | size MB | latency ms |")
+    rows = [head, "|" + "---|" * 10]
+    for v in variants:
+        m = metrics[v.name]
+        mel = m.get("melanoma") or {}
+        rows.append(
+            f"| {v.name} | {fmt(m['accuracy'], True)} | {fmt(m['balanced_accuracy'], True)} | {fmt(m['macro_f1'])} "
+            f"| {fmt(m.get('roc_auc_macro'))} | {fmt(mel.get('sensitivity'), True)} "
+            f"| {fmt(mel.get('specificity'), True)} | {fmt(m.get('agreement'), True)} "
+            f"| {v.size_bytes / 1e6:.2f} | {v.latency_ms:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def _report_md(where: str, classes: Sequence[str], variants: Sequence[Variant], metrics: dict, table: str) -> str:
+    lines = ["# skinedge comparison", "", f"Images: {where}.", "",
+             "Variants: " + "; ".join(f"**{v.name}**: {v.description}" for v in variants) + ".", "", table, "",
+             "Latency: median single-image inference on this machine (Keras eager call / TFLite invoke, "
+             "preprocessing excluded). Sizes: Keras weights files and .tflite files.", "",
+             "## Per-class recall", "", "| class | " + " | ".join(v.name for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for c in classes:
+        lines.append(f"| {c} | " + " | ".join(
+            f"{metrics[v.name]['per_class'][c]['recall']:.3f}" for v in variants) + " |")
+    lines += ["", "## Confusion matrices", ""]
+    lines += [f"![{v.name}](confusion_{v.name}.png)" for v in variants]
+    lines += ["", f"_{NOT_A_DIAGNOSIS}_", ""]
+    return "\n".join(lines)
+
+
+def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: Path,
+                split: Optional[str] = None, limit: Optional[int] = None, threads: int = 2) -> dict[str, Any]:
+    """Evaluate every available variant on the same images; write the report; return metrics and table."""
+    run = Path(run_dir) if run_dir else None
+    cfg = TrainConfig.load(run / "config.json") if run else None
+    clf = None
+    if bundle:
+        try:
+            clf = ImageClassifier(bundle, num_threads=threads)
+        except BundleError as exc:
+            raise CompareError(str(exc)) from None
+    if run:
+        classes = [c for c in (run / "labels.txt").read_text(encoding="utf-8").splitlines() if c]
+        size = (cfg.img_size, cfg.img_size)
+        if clf is not None and clf.labels != classes:
+            raise CompareError(f"{bundle}: its labels {clf.labels} differ from the run's {classes}")
+    else:
+        classes, size = clf.labels, clf.input_size
+    samples, where = _select(data, run, cfg, split, limit, cfg.seed if cfg else 0)
+    unknown = sorted({s.label for s in samples} - set(classes))
+    if unknown:
+        raise CompareError(f"{data or cfg.data}: label(s) {', '.join(unknown)} are not among the model's classes")
+    x, y, _ = D.load_images(samples, classes, size)
+    if len(y) == 0:
+        raise CompareError(f"{data or cfg.data}: none of the images could be read")
+    log.info("evaluating on %d images at %dx%d", len(y), *size)
+
+    variants: list[Variant] = []
+    if run:
+        from skinedge.convert.export import to_int8_tflite
+        from .model import load_float_model, load_qat_model
+
+        float_model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "float.weights.h5"))
+        variants.append(_keras_variant("float", "Keras float32", float_model, x,
+                                       (run / "float.weights.h5").stat().st_size))
+        if (run / "qat.weights.h5").is_file():
+            qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
+            variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x,
+                                           (run / "qat.weights.h5").stat().st_size))
+        splits = D.load_split(run / D.SPLIT_FILE)
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else run / "cache"
+        x_tr, _, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
+        calib = x_tr[np.random.default_rng(cfg.seed).choice(len(x_tr), min(200, len(x_tr)), replace=False)]
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "ptq.tflite").write_bytes(to_int8_tflite(float_model, calib))
+            ptq = ImageClassifier(Path(tmp) / "ptq.tflite", num_threads=threads)
+            variants.append(_tflite_variant("ptq_int8", "int8 TFLite by post-training quantization of the float "
+                                            "model (baseline)", ptq, x))
+    if clf is not None:
+        variants.append(_tflite_variant("int8", f"int8 TFLite bundle {bundle}", clf, x))
+
+    threshold = clf.flag_rule.threshold if clf is not None and clf.flag_rule else None
+    reference = variants[0].probs.argmax(1) if variants and variants[0].name == "float" else None
+    metrics: dict[str, Any] = {}
+    for v in variants:
+        m = classification_metrics(y, v.probs, classes, flag_threshold=threshold, reference_pred=reference)
+        metrics[v.name] = {"description": v.description, "size_bytes": v.size_bytes,
+                           "latency_ms": round(v.latency_ms, 3), **m}
+    table = _table(variants, metrics)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for v in variants:
+            plot_confusion(metrics[v.name]["confusion_matrix"], classes, f"{v.name} (n={len(y)})",
+                           tmp_dir / f"confusion_{v.name}.png")
+        record = {"images": where, "n": int(len(y)), "classes": list(classes), "variants": metrics}
+        (tmp_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (tmp_dir / "report.md").write_text(_report_md(where, classes, variants, metrics, table), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp_dir.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return {"table": table, "metrics": metrics, "where": where}

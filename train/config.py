@@ -1,0 +1,66 @@
+"""The training configuration: one dataclass, saved as `config.json` in every run dir.
+
+    cfg = TrainConfig(data="../shared/data/ham10000", out="runs/ham", arch="mobilenetv2", img_size=160)
+    cfg.save(Path(cfg.out) / "config.json"); TrainConfig.load(...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
+
+
+@dataclass
+class TrainConfig:
+    data: str  # data folder: HAM10000 layout (metadata csv + images/) or folder per class
+    out: str  # run dir: config, split, labels, history, curves, checkpoints, models, metrics
+    arch: str = "mobilenetv2"  # "mobilenetv2" (transfer learning) or "cnn" (compact from-scratch baseline)
+    alpha: float = 1.0  # MobileNetV2 width multiplier; ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4
+    weights: str = "imagenet"  # "imagenet" (download), "none" (random init) or a path to a no-top .h5 file
+    img_size: int = 128  # square model input in pixels; MobileNetV2 works at any size >= 32
+    head_epochs: int = 2  # float phase 1: train the new head with the backbone frozen (mobilenetv2 only)
+    epochs: int = 10  # float phase 2: fine-tune (the upper backbone unfrozen for mobilenetv2, everything for cnn)
+    qat_epochs: int = 3  # phase 3: quantization-aware training starting from the best float weights
+    batch_size: int = 32  # images per step (across all replicas)
+    lr: float = 1e-3  # learning rate of the head phase; fine-tuning uses lr/10, QAT lr/100 (cosine decay)
+    finetune_from: float = 0.6  # fraction of the backbone's depth above which layers are unfrozen when fine-tuning
+    label_smoothing: float = 0.05  # softens one-hot targets; helps calibration and QAT stability
+    balance: str = "weights"  # class imbalance: "weights" (class-weighted loss), "oversample" or "none"
+    val_fraction: float = 0.15  # share of lesions held out for validation (grouped by lesion_id)
+    test_fraction: float = 0.15  # share of lesions held out as the test split, never used in training or tuning
+    limit: Optional[int] = None  # use only this many images (stratified: every class keeps some) for quick runs
+    patience: int = 4  # early stopping: epochs without val improvement before stopping a phase
+    seed: int = 42  # seeds the split, the sampling, weight init and augmentation
+    augment: bool = True  # flips, 90-degree rotations, small rotation, zoom, mild colour jitter
+    cache_dir: Optional[str] = None  # where decoded images are cached (.npy); default: RUN_DIR/cache
+    workers: int = 0  # image decoding processes; 0 = one per CPU core
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run (e.g. the command)
+
+    def validate(self) -> None:
+        if self.arch not in ("mobilenetv2", "cnn"):
+            raise ValueError(f"unknown arch {self.arch!r}")
+        if self.balance not in ("weights", "oversample", "none"):
+            raise ValueError(f"unknown balance mode {self.balance!r}")
+        if self.img_size < 32:
+            raise ValueError("img_size must be at least 32")
+        if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
+            raise ValueError("val_fraction must be in (0, 0.5) and test_fraction in [0, 0.5)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})

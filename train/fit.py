@@ -1,0 +1,285 @@
+"""Training: float phases (head, then fine-tuning), then quantization-aware training; resumable.
+
+    from skinedge.train.config import TrainConfig
+    from skinedge.train.fit import train
+    summary = train(TrainConfig(data="../shared/data/ham10000", out="runs/ham", epochs=10), resume=False)
+
+RUN_DIR after a run:
+    config.json  resolved config          split.csv   train/val/test split (by lesion)   labels.txt
+    history/<phase>.csv  per-epoch logs   curves.png  training curves                state.json  phases done
+    float.weights.h5 / float.keras        the best float model (by validation balanced accuracy)
+    qat.weights.h5                         the best QAT model (rebuild with skinedge.train.model.load_qat_model)
+    metrics.json                           validation metrics of the float and QAT models
+Each phase keeps a BackupAndRestore checkpoint, so a killed run continues with `--resume` from its last epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from skinedge.convert.tfcompat import keras, tf
+from skinedge.device.labels import format_labels
+
+from . import data as D
+from .config import TrainConfig
+from .metrics import classification_metrics
+from .model import build_model, calibrate_qat_ranges, load_float_model, quantize_model, set_phase
+from .pipeline import class_weights, make_dataset
+from .plots import plot_history
+from .weights import resolve_weights
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val_balanced_accuracy"
+
+
+class RunError(ValueError):
+    """A run dir or configuration that cannot be used; the message says what to do."""
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds val_loss, val_accuracy and val_balanced_accuracy to the epoch logs (one prediction pass), before the
+    checkpoint and early-stopping callbacks read them."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int):
+        super().__init__()
+        self.x, self.y, self.num_classes, self.batch_size = x, y, num_classes, batch_size
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        probs = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
+        pred = probs.argmax(1)
+        logs = logs if logs is not None else {}
+        logs["val_loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(self.y)), self.y], 1e-7, 1))))
+        logs["val_accuracy"] = float(np.mean(pred == self.y))
+        recalls = [np.mean(pred[self.y == c] == c) for c in np.unique(self.y)]
+        logs[MONITOR] = float(np.mean(recalls))
+
+
+class TrainBalancedAccuracy(keras.metrics.Metric):
+    """Running mean per-class recall over the epoch's training batches (one-hot or smoothed targets)."""
+
+    def __init__(self, num_classes: int, name: str = "balanced_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.cm = self.add_weight("cm", shape=(num_classes, num_classes), initializer="zeros")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        cm = tf.math.confusion_matrix(tf.argmax(y_true, 1), tf.argmax(y_pred, 1), self.num_classes, dtype=tf.float32)
+        self.cm.assign_add(cm)
+
+    def result(self):
+        support = tf.reduce_sum(self.cm, 1)
+        recall = tf.math.divide_no_nan(tf.linalg.diag_part(self.cm), support)
+        return tf.math.divide_no_nan(tf.reduce_sum(recall), tf.reduce_sum(tf.cast(support > 0, tf.float32)))
+
+    def reset_state(self):
+        self.cm.assign(tf.zeros_like(self.cm))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
+    """(phase, epochs, peak learning rate) in order; phases with 0 epochs are skipped."""
+    if cfg.arch == "cnn":
+        plan = [("finetune", cfg.epochs, cfg.lr), ("qat", cfg.qat_epochs, cfg.lr / 10)]
+    else:
+        plan = [("head", cfg.head_epochs, cfg.lr), ("finetune", cfg.epochs, cfg.lr / 10),
+                ("qat", cfg.qat_epochs, cfg.lr / 100)]
+    return [p for p in plan if p[1] > 0]
+
+
+def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict[str, list[D.Sample]], list[str]]:
+    """Create or reopen RUN_DIR: the config, the split and the labels, fixed at the first start."""
+    run = Path(cfg.out)
+    if resume:
+        if not (run / "config.json").is_file():
+            raise RunError(f"{run}: nothing to resume (no config.json); start a new run without --resume")
+        stored = TrainConfig.load(run / "config.json")
+        splits = D.load_split(run / D.SPLIT_FILE)
+        classes = [c for c in (run / "labels.txt").read_text(encoding="utf-8").splitlines() if c]
+        log.info("resuming %s", run)
+        return stored, run, splits, classes
+    if (run / "state.json").exists():
+        raise RunError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
+    cfg.validate()
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"{run}: cannot write to the run dir ({exc.strerror})") from None
+    samples, classes, layout = D.list_samples(cfg.data)
+    if cfg.limit:
+        samples = D.limit_samples(samples, cfg.limit, cfg.seed)
+    splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    cfg.extra = {**cfg.extra, "layout": layout, "command": " ".join(sys.argv)}
+    cfg.save(run / "config.json")
+    D.save_split(run / D.SPLIT_FILE, splits)
+    (run / "labels.txt").write_text(format_labels(classes), encoding="utf-8")
+    for name, items in splits.items():
+        log.info("%s: %d images, %d lesions %s", name, len(items), len({s.group for s in items}),
+                 D.class_counts(items))
+    return cfg, run, splits, classes
+
+
+def _best_so_far(history_csv: Path) -> Optional[float]:
+    if not history_csv.is_file():
+        return None
+    with open(history_csv, newline="") as fh:
+        values = [float(r[MONITOR]) for r in csv.DictReader(fh) if r.get(MONITOR)]
+    return max(values) if values else None
+
+
+def _read_history(history_csv: Path) -> dict[str, list[float]]:
+    if not history_csv.is_file():
+        return {}
+    with open(history_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k != "epoch"}
+
+
+def _strategy() -> tf.distribute.Strategy:
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        log.info("training on %d GPUs with MirroredStrategy", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _run_phase(
+    cfg: TrainConfig, run: Path, phase: str, epochs: int, lr: float, start_weights: Optional[str],
+    weights_path: Optional[str], train_xy: tuple[np.ndarray, np.ndarray], val_xy: tuple[np.ndarray, np.ndarray],
+    num_classes: int, resume: bool,
+) -> tuple[Path, float]:
+    """Train one phase; returns (best weights file, best validation balanced accuracy)."""
+    x, y = train_xy
+    strategy = _strategy()
+    with strategy.scope():
+        if start_weights:
+            model = load_float_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, start_weights)
+        else:
+            model = build_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, weights_path)
+        if phase == "qat":
+            model = quantize_model(model)
+        set_phase(model, phase, cfg.arch, cfg.finetune_from)
+        if phase == "qat" and not (resume and (run / "backup" / phase).exists()):
+            rng = np.random.default_rng(cfg.seed)
+            calibrate_qat_ranges(model, x[rng.choice(len(x), size=min(len(x), 512), replace=False)])
+        steps = int(np.ceil(len(y) / cfg.batch_size))
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss=keras.losses.CategoricalCrossentropy(),
+            metrics=[TrainBalancedAccuracy(num_classes)],
+        )
+    weights = None
+    if cfg.balance == "weights":
+        weights = class_weights(y, num_classes)
+    ds = make_dataset(x, y, num_classes, cfg.batch_size, training=True, seed=cfg.seed, augment=cfg.augment,
+                      oversample=cfg.balance == "oversample", label_smoothing=cfg.label_smoothing)
+    (run / "history").mkdir(exist_ok=True)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    history_csv = run / "history" / f"{phase}.csv"
+    best_file = run / "checkpoints" / f"{phase}.weights.h5"
+    best = _best_so_far(history_csv) if resume else None
+    if not resume and history_csv.exists():
+        history_csv.unlink()
+    callbacks = [
+        ValidationMetrics(*val_xy, num_classes, cfg.batch_size),
+        keras.callbacks.BackupAndRestore(str(run / "backup" / phase)),
+        keras.callbacks.ModelCheckpoint(
+            str(best_file), monitor=MONITOR, mode="max", save_best_only=True, save_weights_only=True,
+            initial_value_threshold=best,
+        ),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+    ]
+    log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch", phase, epochs, lr, steps)
+    model.fit(ds, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
+    if not best_file.exists():  # every epoch was worse than the threshold carried over from before a resume
+        model.save_weights(str(best_file))
+    return best_file, float(_best_so_far(history_csv) or 0.0)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) every phase, then evaluate the best float and QAT models on the validation split."""
+    t0 = time.time()
+    cfg, run, splits, classes = prepare_run(cfg, resume)
+    keras.utils.set_random_seed(cfg.seed)
+    state_path = run / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"phases": {}}
+    _write_json(state_path, state)
+    size = (cfg.img_size, cfg.img_size)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else run / "cache"
+    x_tr, y_tr, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
+    x_va, y_va, _ = D.load_images(splits["val"], classes, size, cache, cfg.workers)
+    if len(y_tr) == 0 or len(y_va) == 0:
+        raise RunError(f"{cfg.data}: no readable images in the training or validation split")
+    log.info("decoded %d training and %d validation images at %dx%d", len(y_tr), len(y_va), *size)
+    weights_path = resolve_weights(cfg.weights, cfg.alpha) if cfg.arch == "mobilenetv2" else None
+
+    float_best: Optional[str] = state.get("float_best")
+    for phase, epochs, lr in phase_plan(cfg):
+        done = state["phases"].get(phase, {})
+        if done.get("done"):
+            log.info("phase %s already done (best %s %.4f)", phase, MONITOR, done["best"])
+            continue
+        start = float_best if phase != "head" else None
+        best_file, best = _run_phase(cfg, run, phase, epochs, lr, start, weights_path, (x_tr, y_tr),
+                                     (x_va, y_va), len(classes), resume)
+        state["phases"][phase] = {"done": True, "best": best, "weights": str(best_file)}
+        if phase != "qat" and best >= max((state["phases"][p]["best"] for p in state["phases"] if p != "qat"),
+                                          default=0.0):
+            float_best = str(best_file)
+            state["float_best"] = float_best
+        shutil.rmtree(run / "backup" / phase, ignore_errors=True)
+        _write_json(state_path, state)
+    summary = finish(cfg, run, classes, (x_va, y_va), float_best, state)
+    summary["train_seconds"] = round(time.time() - t0, 1)
+    _write_json(run / "summary.json", summary)
+    return summary
+
+
+def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.ndarray, np.ndarray],
+           float_best: Optional[str], state: dict[str, Any]) -> dict[str, Any]:
+    """Copy the best models to their final names, evaluate them on validation data, plot the curves."""
+    from .model import load_qat_model
+
+    x_va, y_va = val_xy
+    metrics: dict[str, Any] = {}
+    if float_best:
+        shutil.copyfile(float_best, run / "float.weights.h5")
+        model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "float.weights.h5"))
+        model.save(run / "float.keras")
+        float_probs = model.predict(x_va, batch_size=cfg.batch_size, verbose=0)
+        metrics["float"] = classification_metrics(y_va, float_probs, classes)
+    if state["phases"].get("qat", {}).get("done"):
+        shutil.copyfile(state["phases"]["qat"]["weights"], run / "qat.weights.h5")
+        qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
+        qat_probs = qat.predict(x_va, batch_size=cfg.batch_size, verbose=0)
+        ref = float_probs.argmax(1) if float_best else None
+        metrics["qat"] = classification_metrics(y_va, qat_probs, classes, reference_pred=ref)
+    _write_json(run / "metrics.json", {"split": "val", **metrics})
+    histories = {p: _read_history(run / "history" / f"{p}.csv") for p, _, _ in phase_plan(cfg)}
+    plot_history(histories, run / "curves.png")
+    for name, m in metrics.items():
+        log.info("validation %s: accuracy %.3f, balanced accuracy %.3f, macro F1 %.3f",
+                 name, m["accuracy"], m["balanced_accuracy"], m["macro_f1"])
+    return {"classes": classes, "validation": metrics, "phases": state["phases"]}

@@ -1,0 +1,89 @@
+"""Classification metrics (pure functions over labels and probabilities), computed with scikit-learn.
+
+    m = classification_metrics(y_true, probs, classes)      # accuracy, balanced accuracy, macro F1, AUC, ...
+    t = threshold_for_sensitivity(y_true == mel, probs[:, mel], 0.9)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+from skinedge.device.constants import MELANOMA_LABELS
+
+
+def melanoma_index(classes: Sequence[str]) -> Optional[int]:
+    for i, name in enumerate(classes):
+        if name.lower() in MELANOMA_LABELS:
+            return i
+    return None
+
+
+def _clean(x: float) -> Optional[float]:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
+
+
+def binary_rates(positive: np.ndarray, predicted: np.ndarray) -> tuple[Optional[float], Optional[float]]:
+    """(sensitivity, specificity) of a binary decision; None where a side has no examples."""
+    positive, predicted = positive.astype(bool), predicted.astype(bool)
+    sens = predicted[positive].mean() if positive.any() else None
+    spec = (~predicted[~positive]).mean() if (~positive).any() else None
+    return _clean(sens), _clean(spec)
+
+
+def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold whose sensitivity on (positive, score) reaches `sensitivity`."""
+    pos = np.sort(score[positive.astype(bool)])
+    if len(pos) == 0:
+        return 0.5
+    # allow at most floor((1 - sensitivity) * n) positives below the threshold
+    k = int(math.floor((1 - sensitivity) * len(pos) + 1e-9))
+    return float(pos[min(k, len(pos) - 1)])
+
+
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], flag_threshold: Optional[float] = None,
+    reference_pred: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1, one-vs-rest ROC-AUC, melanoma
+    sensitivity/specificity (at argmax, and at `flag_threshold` when given) and top-1 agreement with
+    `reference_pred` (e.g. the float model's predictions)."""
+    y_true = np.asarray(y_true)
+    pred = probs.argmax(axis=1)
+    labels = list(range(len(classes)))
+    p, r, f, support = skm.precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
+    present = np.unique(y_true)
+    out: dict[str, Any] = {
+        "n": int(len(y_true)),
+        "accuracy": _clean(skm.accuracy_score(y_true, pred)),
+        "balanced_accuracy": _clean(np.mean(r[present])) if len(present) else None,
+        "macro_f1": _clean(np.mean(f[present])) if len(present) else None,
+        "per_class": {
+            c: {"precision": _clean(p[i]), "recall": _clean(r[i]), "f1": _clean(f[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": skm.confusion_matrix(y_true, pred, labels=labels).tolist(),
+    }
+    try:
+        if len(present) == len(classes):
+            out["roc_auc_macro"] = _clean(skm.roc_auc_score(y_true, probs, multi_class="ovr", labels=labels))
+        else:
+            out["roc_auc_macro"] = None
+    except ValueError:
+        out["roc_auc_macro"] = None
+    mel = melanoma_index(classes)
+    if mel is not None:
+        positive = y_true == mel
+        out["melanoma"] = {"class": classes[mel]}
+        out["melanoma"]["sensitivity"], out["melanoma"]["specificity"] = binary_rates(positive, pred == mel)
+        if positive.any() and (~positive).any():
+            out["melanoma"]["roc_auc"] = _clean(skm.roc_auc_score(positive, probs[:, mel]))
+        if flag_threshold is not None:
+            sens, spec = binary_rates(positive, probs[:, mel] >= flag_threshold)
+            out["melanoma"]["flag"] = {"threshold": _clean(flag_threshold), "sensitivity": sens, "specificity": spec}
+    if reference_pred is not None:
+        out["agreement"] = _clean(np.mean(pred == np.asarray(reference_pred)))
+    return out

@@ -1,0 +1,160 @@
+"""Model factories: the float network, its quantization-aware twin, and which layers train in each phase.
+
+    model = build_model("mobilenetv2", num_classes=7, img_size=128, alpha=1.0, weights_path=None)
+    qat = quantize_model(model)      # tfmot QAT; Rescaling stays float (tfmot rejects it), the rest is annotated
+
+Every network takes raw RGB pixels in [0, 255] (float32 here, uint8 once converted) and scales them itself, so the
+device hands camera pixels straight to the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+
+from skinedge.convert.tfcompat import keras, tf, tfmot
+
+log = logging.getLogger(__name__)
+
+HEAD_PREFIX = "head_"  # names of the layers added on top of the backbone
+
+
+def _cnn(x, num_classes: int):
+    """A compact from-scratch CNN like the notebooks' baseline, with batch norm."""
+    x = keras.layers.Rescaling(1 / 255.0, name="rescale")(x)
+    for i, filters in enumerate((32, 64, 128, 256)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    return x
+
+
+def build_model(
+    arch: str, num_classes: int, img_size: int, alpha: float = 1.0, weights_path: Optional[str] = None,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """The float model: raw pixels in, class probabilities out. All layers sit in one flat functional graph
+    (the backbone is not nested) so tfmot can annotate them one by one."""
+    inputs = keras.Input((img_size, img_size, 3), name="image")
+    if arch == "cnn":
+        x = _cnn(inputs, num_classes)
+    elif arch == "mobilenetv2":
+        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+        backbone = keras.applications.MobileNetV2(
+            input_tensor=x, include_top=False, alpha=alpha, weights=weights_path,
+            input_shape=(img_size, img_size, 3),
+        )
+        x = backbone.output
+    else:
+        raise ValueError(f"unknown arch {arch!r}")
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
+    x = keras.layers.Dropout(dropout, name=HEAD_PREFIX + "dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_PREFIX + "probs")(x)
+    return keras.Model(inputs, outputs, name=f"skinedge_{arch}")
+
+
+def _annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
+    # tfmot has no quantize config for Rescaling (nor the input layer): leave them float. The converter still
+    # quantizes the rescale, calibrated by the representative data set.
+    if isinstance(layer, (keras.layers.Rescaling, keras.layers.InputLayer)):
+        return layer
+    return tfmot.quantization.keras.quantize_annotate_layer(layer)
+
+
+def quantize_model(model: keras.Model) -> keras.Model:
+    """The quantization-aware version of a float model (weights carried over)."""
+    annotated = keras.models.clone_model(model, clone_function=_annotate)
+    annotated.set_weights(model.get_weights())
+    with tfmot.quantization.keras.quantize_scope():
+        return tfmot.quantization.keras.quantize_apply(annotated)
+
+
+@contextlib.contextmanager
+def _ema_decay(decay: Callable[[], float]):
+    """Temporarily override the EMA decay of tfmot's moving-average activation quantizers (hard-coded 0.999)."""
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+    original = quant_ops.MovingAvgQuantize
+
+    def patched(*args, **kwargs):
+        kwargs["ema_decay"] = decay()
+        return original(*args, **kwargs)
+
+    quant_ops.MovingAvgQuantize = patched
+    try:
+        yield
+    finally:
+        quant_ops.MovingAvgQuantize = original
+
+
+def calibrate_qat_ranges(qat: keras.Model, images: np.ndarray, batch_size: int = 64) -> None:
+    """Set the QAT model's activation ranges from data before training it.
+
+    tfmot starts every activation range at [-6, 6] and moves it by an EMA with decay 0.999, so a short QAT run
+    quantizes with ranges that clip MobileNetV2's linear bottlenecks and residual sums: the QAT model then
+    disagrees with its own float weights and QAT starts from a broken model. Here the first batch sets each range
+    outright (decay 0) and later batches average in (decay i/(i+1)), like the converter's calibration. Weights are
+    not touched; batch-norm layers must already be frozen (set_phase("qat")) so they use their float statistics.
+    """
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    step = {"i": 0}
+    with _ema_decay(lambda: step["i"] / (step["i"] + 1)):
+        for batch in batches:
+            qat(tf.constant(batch, tf.float32), training=True)
+            step["i"] += 1
+    log.info("calibrated QAT activation ranges on %d images", len(images))
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return [
+        layer for layer in model.layers
+        # QAT wraps layers as "quant_<name>"
+        if not layer.name.removeprefix("quant_").startswith(HEAD_PREFIX)
+        and not isinstance(layer, keras.layers.InputLayer)
+    ]
+
+
+def set_phase(model: keras.Model, phase: str, arch: str, finetune_from: float) -> None:
+    """Freeze and unfreeze layers for a training phase.
+
+    head: backbone frozen. finetune: the upper `1 - finetune_from` of the backbone trains (everything for the
+    from-scratch CNN). qat: like finetune. Batch-norm layers are frozen as explained below.
+    """
+    layers = backbone_layers(model)
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = True
+    if phase == "head":
+        for layer in layers:
+            layer.trainable = False
+    elif phase in ("finetune", "qat") and arch == "mobilenetv2":
+        cut = int(len(layers) * finetune_from)
+        for layer in layers[:cut]:
+            layer.trainable = False
+    # Batch norm stays in inference mode whenever a pretrained backbone is fine-tuned (its statistics would lag
+    # the weights: Keras' MobileNetV2 uses momentum 0.999) and during QAT (fake-quantized activations at small
+    # batch sizes would disturb the statistics learned in the float phase).
+    if phase == "qat" or (phase == "finetune" and arch == "mobilenetv2"):
+        for layer in model.layers:
+            inner = getattr(layer, "layer", layer)  # QuantizeWrapper keeps the original in .layer
+            if isinstance(inner, keras.layers.BatchNormalization):
+                layer.trainable = False
+    n_train = sum(int(keras.backend.count_params(w)) for w in model.trainable_weights)
+    log.info("phase %s: %d trainable parameters", phase, n_train)
+
+
+def load_float_model(arch: str, num_classes: int, img_size: int, alpha: float, weights_file: str) -> keras.Model:
+    model = build_model(arch, num_classes, img_size, alpha, weights_path=None)
+    model.load_weights(weights_file)
+    return model
+
+
+def load_qat_model(arch: str, num_classes: int, img_size: int, alpha: float, weights_file: str) -> keras.Model:
+    """Rebuild the QAT graph from code and load its weights (no deserialised code: safe by construction)."""
+    qat = quantize_model(build_model(arch, num_classes, img_size, alpha, weights_path=None))
+    qat.load_weights(weights_file)
+    return qat
