@@ -83,7 +83,8 @@ def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.n
 def tflite_classifier(tflite: bytes, workdir: Path, name: str = "model.tflite", threads: int = 2) -> ImageClassifier:
     path = workdir / name
     path.write_bytes(tflite)
-    return ImageClassifier(path, num_threads=threads)
+    # skinedge models take raw pixels (their rescale is inside), also when float
+    return ImageClassifier(path, num_threads=threads, mean=0.0, std=1.0)
 
 
 def convert_run(

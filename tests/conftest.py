@@ -59,3 +59,25 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
 def colour_files(make_image, colour_frames) -> dict[str, Path]:
     """label -> a PNG file of that label's colour."""
     return {label: make_image(f"{label}.png", frame) for label, frame in colour_frames.items()}
+
+
+# -- workstation tests (marked `train`: they need skinedge[train]) ---------------------------------------------
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared (or $SKINEDGE_SHARED). Missing data fails the test: it is not a reason to skip."""
+    import os
+
+    root = Path(os.environ.get("SKINEDGE_SHARED", SHARED))
+    path = root.joinpath(*parts)
+    assert path.exists(), f"{path} is missing: the workstation tests read the shared data (set SKINEDGE_SHARED)"
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    # test files of the workstation stages are marked `train`, so `pytest -m "not train"` runs without TensorFlow
+    for item in items:
+        if Path(str(item.fspath)).name.startswith(("test_train", "test_convert", "test_compare", "test_pipeline")):
+            item.add_marker(pytest.mark.train)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import skinedge.device
@@ -78,3 +79,14 @@ def test_device_source_has_no_tensorflow_imports():
 def test_import_checker_catches_imports():
     source = "import tensorflow as tf\nfrom tf_keras import layers\nimport importlib\nimportlib.import_module('keras')\n"
     assert {"tensorflow", "tf_keras", "keras"} <= _imported_modules(source, "x.py")
+
+
+def test_device_environment_has_no_tensorflow_installed():
+    """`make test-device` sets SKINEDGE_DEVICE_ONLY=1 in the .[device] environment: TensorFlow must be absent."""
+    import importlib.util
+    import os
+
+    if os.environ.get("SKINEDGE_DEVICE_ONLY") != "1":
+        pytest.skip("only meaningful in the device-only environment (make test-device)")
+    for name in ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization"):
+        assert importlib.util.find_spec(name) is None, f"{name} is installed in the device environment"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -65,8 +65,64 @@ def _annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
     return tfmot.quantization.keras.quantize_annotate_layer(layer)
 
 
+def _inbound(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    inbound = layer.inbound_nodes[0].inbound_layers
+    return inbound if isinstance(inbound, list) else [inbound]
+
+
+def fold_batchnorm(model: keras.Model) -> keras.Model:
+    """The same function with every conv -> batch-norm pair merged into one conv with a bias (exact in inference).
+
+    The TFLite converter folds batch norm into the preceding conv and quantizes the folded kernel per channel,
+    while tfmot simulates the unfolded pair; where batch-norm scales differ a lot across channels (they do in
+    MobileNetV2) the QAT model then mispredicts what the int8 model computes. Folding first makes QAT simulate
+    exactly the kernels that get converted. Batch norm is frozen in the phases that follow, so nothing is lost.
+    """
+    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+    fold: dict[str, keras.layers.BatchNormalization] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            (src,) = _inbound(layer)
+            if isinstance(src, convs) and len(src.outbound_nodes) == 1:
+                fold[src.name] = layer
+    folded_bn = {bn.name for bn in fold.values()}
+    outputs: dict[str, Any] = {}
+    inputs = None
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            inputs = keras.Input(batch_shape=layer.get_config()["batch_input_shape"], name=layer.name)
+            outputs[layer.name] = inputs
+            continue
+        args = [outputs[src.name] for src in _inbound(layer)]
+        arg = args[0] if len(args) == 1 else args
+        if layer.name in folded_bn:
+            outputs[layer.name] = arg  # merged into the conv before it
+            continue
+        config = layer.get_config()
+        if layer.name in fold:
+            config["use_bias"] = True
+        clone = layer.__class__.from_config(config)
+        outputs[layer.name] = clone(arg)
+        weights = layer.get_weights()
+        if layer.name in fold:
+            bn = fold[layer.name]
+            gamma = bn.gamma.numpy() if bn.scale else 1.0
+            beta = bn.beta.numpy() if bn.center else 0.0
+            scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+            kernel = weights[0]
+            bias = weights[1] if layer.use_bias else np.zeros(scale.shape[0], np.float32)
+            if isinstance(layer, keras.layers.DepthwiseConv2D):  # kernel (h, w, in, multiplier)
+                kernel = kernel * scale.reshape(1, 1, kernel.shape[2], kernel.shape[3])
+            else:  # kernel (h, w, in, out)
+                kernel = kernel * scale
+            weights = [kernel, (bias - bn.moving_mean.numpy()) * scale + beta]
+        clone.set_weights(weights)
+    return keras.Model(inputs, outputs[model.layers[-1].name], name=model.name)
+
+
 def quantize_model(model: keras.Model) -> keras.Model:
-    """The quantization-aware version of a float model (weights carried over)."""
+    """The quantization-aware version of a float model (batch norm folded first; weights carried over)."""
+    model = fold_batchnorm(model)
     annotated = keras.models.clone_model(model, clone_function=_annotate)
     annotated.set_weights(model.get_weights())
     with tfmot.quantization.keras.quantize_scope():

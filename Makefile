@@ -1,0 +1,56 @@
+# skinedge: the two set-up commands of the README, and their parts.
+#   make demo   install the workstation environment and run train -> convert -> compare -> classify (minutes, CPU)
+#   make test   install both environments and run the tests (device tests in an environment without TensorFlow)
+PYTHON   ?= python3
+VENV     ?= .venv
+DEVVENV  ?= .venv-device
+SHARED   ?= ../shared
+DATA     ?= $(SHARED)/data/ham10000
+WEIGHTS  ?= $(SHARED)/weights/mobilenet_v2_1.0_imagenet_no_top.h5
+RUN      ?= runs/demo
+BUNDLE   ?= models/demo
+REPORT   ?= reports/demo
+# The demo is a real but short run; FULL=1 trains the full recipe (hours on a CPU, minutes on a GPU).
+ifeq ($(FULL),1)
+TRAIN_ARGS ?= --img-size 160 --head-epochs 3 --epochs 20 --qat-epochs 5
+CONVERT_ARGS ?=
+else
+TRAIN_ARGS ?= --img-size 96 --head-epochs 2 --epochs 2 --qat-epochs 1 --limit 1200
+# a few-minute model is barely trained: its near-uniform outputs make int8/QAT agreement a poor gate
+CONVERT_ARGS ?= --min-agreement 0.3
+endif
+
+.PHONY: demo test test-device test-train install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e '.[train,test]'
+	touch $@
+
+$(DEVVENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEVVENV)
+	$(DEVVENV)/bin/pip install --upgrade pip
+	$(DEVVENV)/bin/pip install -e '.[device,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	rm -rf $(RUN)
+	$(VENV)/bin/skinedge train $(DATA) --out $(RUN) --weights $(WEIGHTS) $(TRAIN_ARGS)
+	$(VENV)/bin/skinedge convert $(RUN) --out $(BUNDLE) $(CONVERT_ARGS)
+	$(VENV)/bin/skinedge compare --run $(RUN) --bundle $(BUNDLE) --out $(REPORT)
+	$(VENV)/bin/skinedge device classify $(BUNDLE) $$(awk -F, '$$1=="test"{print $$2}' $(RUN)/split.csv | head -5)
+
+# The device tests run where TensorFlow is not installed at all (SKINEDGE_DEVICE_ONLY=1 makes them check that).
+test-device: $(DEVVENV)/.installed
+	SKINEDGE_DEVICE_ONLY=1 $(DEVVENV)/bin/python -m pytest -m "not train" tests
+
+test-train: $(VENV)/.installed
+	SKINEDGE_SHARED=$(SHARED) $(VENV)/bin/python -m pytest -m train tests
+
+test: test-device test-train
+
+clean:
+	rm -rf $(VENV) $(DEVVENV) runs reports models/demo *.egg-info

@@ -1,0 +1,180 @@
+"""The real pipeline on a small slice of the shared data: train (QAT) -> convert -> compare -> device classify.
+
+Small image size, one epoch per phase, a few hundred images: minutes on a laptop CPU. Everything goes through the
+`skinedge` CLI, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import shared_path
+
+# A barely trained model has near-uniform outputs whose near-ties quantization flips, so the smoke runs accept a
+# low top-1 agreement; the default (0.98) applies to real runs. The measured agreement is asserted below.
+SMOKE_MIN_AGREEMENT = "0.3"
+
+
+def _cli(*args: str) -> str:
+    from skinedge.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def mobilenet_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    _cli("train", str(shared_path("data", "isic9", "Train")), "--out", str(run), "--arch", "mobilenetv2",
+         "--weights", str(shared_path("weights", "mobilenet_v2_1.0_imagenet_no_top.h5")), "--img-size", "64",
+         "--head-epochs", "1", "--epochs", "1", "--qat-epochs", "1", "--limit", "200", "--batch-size", "16")
+    return run
+
+
+@pytest.fixture(scope="module")
+def mobilenet_bundle(mobilenet_run: Path) -> Path:
+    bundle = mobilenet_run.parent / "bundle"
+    out = _cli("convert", str(mobilenet_run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
+    assert "int8 agreement with QAT Keras" in out
+    return bundle
+
+
+def test_run_dir_holds_everything(mobilenet_run: Path):
+    for name in ("config.json", "split.csv", "labels.txt", "curves.png", "float.weights.h5", "float.keras",
+                 "qat.weights.h5", "metrics.json", "state.json", "history/head.csv", "history/finetune.csv",
+                 "history/qat.csv"):
+        assert (mobilenet_run / name).is_file(), name
+    config = json.loads((mobilenet_run / "config.json").read_text())
+    assert config["arch"] == "mobilenetv2" and config["img_size"] == 64 and config["limit"] == 200
+    metrics = json.loads((mobilenet_run / "metrics.json").read_text())
+    assert {"float", "qat"} <= set(metrics) and 0 <= metrics["qat"]["balanced_accuracy"] <= 1
+    with open(mobilenet_run / "split.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    groups = {name: {r["group"] for r in rows if r["split"] == name} for name in ("train", "val", "test")}
+    assert groups["test"] and not groups["test"] & (groups["train"] | groups["val"])
+    labels = (mobilenet_run / "labels.txt").read_text().splitlines()
+    assert labels == sorted(p.name for p in shared_path("data", "isic9", "Train").iterdir() if p.is_dir())
+
+
+def test_bundle_is_full_integer_and_self_describing(mobilenet_bundle: Path, mobilenet_run: Path):
+    from skinedge.device.classifier import ImageClassifier
+
+    model = mobilenet_bundle / "model.tflite"
+    meta = json.loads((mobilenet_bundle / "model.json").read_text())
+    assert meta["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    labels = (mobilenet_run / "labels.txt").read_text().splitlines()
+    assert meta["labels"] == labels == (mobilenet_bundle / "labels.txt").read_text().splitlines()
+    with zipfile.ZipFile(model) as zf:  # readable with the standard library alone
+        assert zf.read("labels.txt").decode().splitlines() == labels
+        assert json.loads(zf.read("skinedge.json"))["height"] == 64
+    assert meta["quantization"]["full_integer"] is True
+    assert meta["input"]["dtype"] == "uint8" and meta["quantization"]["input"] == {
+        "dtype": "uint8", "scale": 1.0, "zero_point": 0}
+    assert meta["quantization"]["output"]["dtype"] == "int8"
+    assert meta["verification"]["images"] > 0
+    assert meta["verification"]["top1_agreement_vs_qat_keras"] >= float(SMOKE_MIN_AGREEMENT)
+    assert "not a diagnosis" in meta["disclaimer"] and meta["intended_use"]
+    assert meta["flag"]["label"] == "melanoma" and 0 < meta["flag"]["threshold"] <= 1
+    clf = ImageClassifier(mobilenet_bundle)
+    types = {np.dtype(t["dtype"]).name for t in clf.interpreter.get_tensor_details()}
+    assert types <= {"int8", "uint8", "int32"}, types
+
+
+def test_convert_refuses_a_run_without_qat(tmp_path: Path):
+    from skinedge.cli import main
+
+    (tmp_path / "run").mkdir()
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "run"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "not a finished training run" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_convert_refuses_below_min_agreement_and_writes_nothing(mobilenet_run: Path, tmp_path: Path):
+    from skinedge.cli import main
+
+    meta_agreement = None
+    result = CliRunner().invoke(main, ["convert", str(mobilenet_run), "--out", str(tmp_path / "b"),
+                                       "--min-agreement", "1.0"])
+    if result.exit_code == 0:  # a perfect match is allowed to pass; then the bundle must say so
+        meta_agreement = json.loads((tmp_path / "b" / "model.json").read_text())["verification"]
+        assert meta_agreement["top1_agreement_vs_qat_keras"] == 1.0
+    else:
+        assert result.exit_code == 1 and "nothing was written" in result.output
+        assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_compare_writes_the_report(mobilenet_run: Path, mobilenet_bundle: Path, tmp_path: Path):
+    report = tmp_path / "report"
+    out = _cli("compare", "--run", str(mobilenet_run), "--bundle", str(mobilenet_bundle), "--out", str(report))
+    assert "| variant |" in out
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["variants"]) == {"float", "qat", "ptq_int8", "int8"}
+    assert "test split" in metrics["images"]
+    for name, m in metrics["variants"].items():
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "roc_auc_macro", "melanoma",
+                    "size_bytes", "latency_ms", "agreement"):
+            assert key in m, (name, key)
+        assert m["melanoma"]["sensitivity"] is not None and m["latency_ms"] > 0
+        assert (report / f"confusion_{name}.png").stat().st_size > 1000
+    assert metrics["variants"]["float"]["agreement"] == 1.0
+    assert metrics["variants"]["int8"]["size_bytes"] < metrics["variants"]["float"]["size_bytes"] / 3
+    md = (report / "report.md").read_text()
+    assert "| int8 |" in md and "confusion_int8.png" in md and "not a diagnosis" in md
+
+
+def test_device_classify_on_unseen_images(mobilenet_run: Path, mobilenet_bundle: Path):
+    with open(mobilenet_run / "split.csv", newline="") as fh:
+        test_images = [r["path"] for r in csv.DictReader(fh) if r["split"] == "test"][:12]
+    out = _cli("device", "classify", str(mobilenet_bundle), *test_images, "--json", "--top-k", "2")
+    records = [json.loads(line) for line in out.splitlines()]
+    labels = set((mobilenet_bundle / "labels.txt").read_text().splitlines())
+    assert [r["path"] for r in records] == test_images
+    for r in records:
+        assert r["label"] in labels and 0 <= r["score"] <= 1 and len(r["top"]) == 2
+        assert isinstance(r["flag"], bool) and r["latency_ms"] > 0
+
+
+def test_resume_continues_an_unfinished_run(mobilenet_run: Path):
+    state_file = mobilenet_run / "state.json"
+    state = json.loads(state_file.read_text())
+    before = (mobilenet_run / "qat.weights.h5").stat().st_mtime_ns
+    del state["phases"]["qat"]  # as if the run had been killed during QAT
+    state_file.write_text(json.dumps(state))
+    out = _cli("train", "ignored", "--out", str(mobilenet_run), "--resume")
+    assert "qat" in out
+    state = json.loads(state_file.read_text())
+    assert all(state["phases"][p]["done"] for p in ("head", "finetune", "qat"))
+    assert (mobilenet_run / "qat.weights.h5").stat().st_mtime_ns > before
+    split_before = (mobilenet_run / "split.csv").read_text()
+    assert split_before == (mobilenet_run / "split.csv").read_text()
+
+
+def test_train_refuses_to_overwrite_a_run(mobilenet_run: Path):
+    from skinedge.cli import main
+
+    result = CliRunner().invoke(main, ["train", str(shared_path("data", "isic9", "Train")), "--out",
+                                       str(mobilenet_run), "--weights", "none"])
+    assert result.exit_code == 1 and "--resume" in result.output
+
+
+def test_cnn_on_ham10000_end_to_end(tmp_path: Path):
+    """The from-scratch CNN on the HAM10000 layout (lesion-grouped split), through to a device classification."""
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    _cli("train", str(shared_path("data", "ham10000")), "--out", str(run), "--arch", "cnn", "--img-size", "48",
+         "--epochs", "1", "--qat-epochs", "1", "--limit", "250")
+    _cli("convert", str(run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["labels"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert meta["data"]["layout"] == "ham10000" and meta["flag"]["label"] == "mel"
+    image = shared_path("data", "ham10000", "images", "ISIC_0027419.jpg")
+    out = _cli("device", "classify", str(bundle), str(image), "--json")
+    assert json.loads(out)["label"] in meta["labels"]

@@ -1,0 +1,105 @@
+"""Data discovery, lesion-grouped splits and the decode cache, on the real shared data and small made-up sets."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import shared_path
+
+
+def _write_jpg(path: Path, colour=(120, 60, 40), size=(40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_ham_layout_split_is_grouped_by_lesion_and_stratified():
+    from skinedge.train import data as D
+
+    samples, classes, layout = D.list_samples(shared_path("data", "ham10000"))
+    assert layout == "ham10000"
+    assert classes == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    splits = D.split_samples(samples, 0.15, 0.15, seed=1)
+    groups = {k: {s.group for s in v} for k, v in splits.items()}
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"] and not groups["val"] & groups["test"]
+    assert sum(len(v) for v in splits.values()) == len(samples)
+    for name in ("val", "test"):  # every class on every side, in about the right share
+        counts = D.class_counts(splits[name])
+        assert set(counts) == set(classes)
+        assert 0.10 < len(splits[name]) / len(samples) < 0.20
+    again = D.split_samples(samples, 0.15, 0.15, seed=1)
+    assert [s.path for s in again["test"]] == [s.path for s in splits["test"]]
+
+
+def test_folder_layout_and_limit_keep_every_class():
+    from skinedge.train import data as D
+
+    samples, classes, layout = D.list_samples(shared_path("data", "isic9", "Train"))
+    assert layout == "folders" and len(classes) == 9
+    small = D.limit_samples(samples, 100, seed=0)
+    assert 90 <= len(small) <= 115
+    assert {s.label for s in small} == set(classes)
+
+
+def test_ham_metadata_naming_missing_images_is_skipped_with_a_count(tmp_path, caplog):
+    from skinedge.train import data as D
+
+    root = tmp_path / "ham"
+    rows = [("L1", "I1", "mel"), ("L1", "I2", "mel"), ("L2", "I3", "nv"), ("L3", "I4", "nv"), ("L4", "GONE", "nv")]
+    with open(_write_jpg(root / "images" / "I1.jpg").parents[1] / D.HAM_METADATA, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["lesion_id", "image_id", "dx", "dx_type"])
+        w.writerows([(*r, "histo") for r in rows])
+    for image_id in ("I2", "I3", "I4"):
+        _write_jpg(root / "images" / f"{image_id}.jpg")
+    samples, classes, _ = D.list_samples(root)
+    assert len(samples) == 4 and classes == ["mel", "nv"]
+    assert {s.group for s in samples if s.label == "mel"} == {"L1"}
+    assert "1 images named in the metadata are missing" in caplog.text
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda r: r.mkdir(), "neither a HAM10000 folder"),
+    (lambda r: _write_jpg(r / "only" / "a.jpg"), "only one class"),
+    (lambda r: (r / "a").mkdir(parents=True) or (r / "b").mkdir(), "no images found"),
+])
+def test_unusable_data_folders_are_refused_with_the_reason(tmp_path, setup, message):
+    from skinedge.train import data as D
+
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(D.DataError, match=message):
+        D.list_samples(root)
+
+
+def test_load_images_skips_corrupt_files_and_caches(tmp_path, caplog):
+    from skinedge.device.preprocess import load_and_preprocess
+    from skinedge.train import data as D
+
+    good = [_write_jpg(tmp_path / "a" / f"{i}.jpg", (10 * i, 50, 90)) for i in range(3)]
+    bad = tmp_path / "a" / "bad.jpg"
+    bad.write_text("<html>not a jpeg</html>")
+    samples = [D.Sample(str(p), "a", p.stem) for p in good] + [D.Sample(str(bad), "a", "bad")]
+    x, y, kept = D.load_images(samples, ["a"], (16, 16), cache_dir=tmp_path / "cache", workers=1)
+    assert x.shape == (3, 16, 16, 3) and x.dtype == np.uint8 and list(y) == [0, 0, 0]
+    assert [s.path for s in kept] == [str(p) for p in good]
+    # training sees exactly the device's pixels
+    np.testing.assert_array_equal(x[1], load_and_preprocess(good[1], (16, 16)))
+    assert "bad.jpg" in caplog.text and "1 of 4 images could not be read" in caplog.text
+    bad.unlink()  # second call is served from the cache, without touching the files
+    x2, _, kept2 = D.load_images(samples, ["a"], (16, 16), cache_dir=tmp_path / "cache", workers=1)
+    np.testing.assert_array_equal(x, x2)
+    assert len(kept2) == 3
+
+
+def test_split_round_trips_through_csv(tmp_path):
+    from skinedge.train import data as D
+
+    splits = {"train": [D.Sample("a.jpg", "x", "g1")], "val": [D.Sample("b,c.jpg", "y", "g2")], "test": []}
+    D.save_split(tmp_path / "split.csv", splits)
+    assert D.load_split(tmp_path / "split.csv") == splits

@@ -1,0 +1,97 @@
+"""Metrics, weights download (against a local server), BN folding and the CLI's refusal of bad options."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import shared_path
+
+
+def test_metrics_match_hand_computed_values():
+    from skinedge.train.metrics import classification_metrics, threshold_for_sensitivity
+
+    classes = ["mel", "nv"]
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    probs = np.array([[.9, .1], [.6, .4], [.3, .7], [.2, .8], [.1, .9], [.7, .3], [.4, .6], [.2, .8]])
+    m = classification_metrics(y, probs, classes, flag_threshold=0.3, reference_pred=np.zeros(8, int))
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["melanoma"]["sensitivity"] == pytest.approx(2 / 3)
+    assert m["melanoma"]["specificity"] == pytest.approx(4 / 5)
+    assert m["melanoma"]["flag"]["sensitivity"] == pytest.approx(1.0)  # every mel has P >= 0.3
+    assert m["agreement"] == pytest.approx(3 / 8)
+    assert m["confusion_matrix"] == [[2, 1], [1, 4]]
+    t = threshold_for_sensitivity(y == 0, probs[:, 0], 0.9)
+    assert t == pytest.approx(0.3) and (probs[y == 0, 0] >= t).mean() >= 0.9
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_imagenet_weights_download_from_a_local_server(tmp_path, monkeypatch):
+    from skinedge.train.weights import WeightsError, resolve_weights, weights_filename
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copyfile(shared_path("weights", "mobilenet_v2_1.0_imagenet_no_top.h5"), served / weights_filename(1.0))
+    (served / weights_filename(0.5)).write_text("<html>captive portal</html>")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("SKINEDGE_WEIGHTS_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        path = resolve_weights("imagenet", 1.0, cache_dir=tmp_path / "cache")
+        assert Path(path).read_bytes() == (served / weights_filename(1.0)).read_bytes()
+        with pytest.raises(WeightsError, match="not an HDF5"):
+            resolve_weights("imagenet", 0.5, cache_dir=tmp_path / "cache")
+        assert list((tmp_path / "cache").iterdir()) == [Path(path)]  # no partial file left behind
+    finally:
+        server.shutdown()
+    with pytest.raises(WeightsError, match="cannot download"):
+        resolve_weights("imagenet", 0.75, cache_dir=tmp_path / "cache")  # server gone: clear error
+
+
+def test_batchnorm_folding_is_exact():
+    from skinedge.convert.tfcompat import keras
+    from skinedge.train.model import build_model, fold_batchnorm
+
+    model = build_model("cnn", 3, 32)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # non-trivial batch-norm statistics, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 1, n), rng.normal(0, 1, n), rng.uniform(0.1, 9, n)])
+    x = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("args", [
+    ["--epochs", "-1"], ["--img-size", "0"], ["--batch-size", "0"], ["--arch", "resnet"], ["--weights", "nope.h5"],
+])
+def test_train_refuses_nonsense_options(tmp_path, args):
+    from skinedge.cli import main
+
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_train_reports_a_bad_data_folder_in_one_line(tmp_path):
+    from skinedge.cli import main
+
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                                       "--weights", "none"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and "data" in result.output and "Traceback" not in result.output
