@@ -17,11 +17,11 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from skinedge.device.bundle import write_bundle
+from skinedge.device.bundle import embed_metadata, write_bundle
 from skinedge.device.classifier import ImageClassifier
 from skinedge.device.constants import INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP
 
@@ -80,11 +80,13 @@ def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.n
     return model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
 
 
-def tflite_classifier(tflite: bytes, workdir: Path, name: str = "model.tflite", threads: int = 2) -> ImageClassifier:
+def tflite_classifier(tflite: bytes, workdir: Path, labels: Sequence[str], name: str = "model.tflite",
+                      threads: int = 2) -> ImageClassifier:
+    """Load converted bytes through the device's own classifier (labels embedded as in the bundle)."""
     path = workdir / name
-    path.write_bytes(tflite)
     # skinedge models take raw pixels (their rescale is inside), also when float
-    return ImageClassifier(path, num_threads=threads, mean=0.0, std=1.0)
+    path.write_bytes(embed_metadata(tflite, labels, {"mean": 0.0, "std": 1.0}))
+    return ImageClassifier(path, num_threads=threads)
 
 
 def convert_run(
@@ -120,7 +122,7 @@ def convert_run(
     x_va, y_va, _ = D.load_images(splits["val"], classes, size, cache, cfg.workers)
     ref = keras_probs(qat, x_va)
     with tempfile.TemporaryDirectory() as tmp:
-        clf = tflite_classifier(tflite, Path(tmp), threads=threads)
+        clf = tflite_classifier(tflite, Path(tmp), classes, threads=threads)
         ops, types = tensor_types(clf)
         if set(types) - {t.__name__ for t in INTEGER_TYPES}:
             raise ConvertError(f"converted model is not full-integer: tensor types {sorted(types)}")
@@ -175,5 +177,4 @@ def convert_run(
         "disclaimer": NOT_A_DIAGNOSIS,
     }
     write_bundle(out_dir, tflite, classes, spec, meta)
-    log.info("bundle written to %s", out_dir)
     return meta

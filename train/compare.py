@@ -120,7 +120,7 @@ def _report_md(where: str, classes: Sequence[str], variants: Sequence[Variant], 
     lines = ["# skinedge comparison", "", f"Images: {where}.", "",
              "Variants: " + "; ".join(f"**{v.name}**: {v.description}" for v in variants) + ".", "", table, "",
              "Latency: median single-image inference on this machine (Keras eager call / TFLite invoke, "
-             "preprocessing excluded). Sizes: Keras weights files and .tflite files.", "",
+             "preprocessing excluded). Sizes: float32 parameters for Keras models, file size for .tflite.", "",
              "## Per-class recall", "", "| class | " + " | ".join(v.name for v in variants) + " |",
              "|---|" + "---|" * len(variants)]
     for c in classes:
@@ -161,23 +161,20 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
 
     variants: list[Variant] = []
     if run:
-        from skinedge.convert.export import to_int8_tflite
+        from skinedge.convert.export import tflite_classifier, to_int8_tflite
         from .model import load_float_model, load_qat_model
 
         float_model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "float.weights.h5"))
-        variants.append(_keras_variant("float", "Keras float32", float_model, x,
-                                       (run / "float.weights.h5").stat().st_size))
+        variants.append(_keras_variant("float", "Keras float32", float_model, x, 4 * float_model.count_params()))
         if (run / "qat.weights.h5").is_file():
             qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
-            variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x,
-                                           (run / "qat.weights.h5").stat().st_size))
+            variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x, 4 * qat.count_params()))
         splits = D.load_split(run / D.SPLIT_FILE)
         cache = Path(cfg.cache_dir) if cfg.cache_dir else run / "cache"
         x_tr, _, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
         calib = x_tr[np.random.default_rng(cfg.seed).choice(len(x_tr), min(200, len(x_tr)), replace=False)]
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "ptq.tflite").write_bytes(to_int8_tflite(float_model, calib))
-            ptq = ImageClassifier(Path(tmp) / "ptq.tflite", num_threads=threads)
+            ptq = tflite_classifier(to_int8_tflite(float_model, calib), Path(tmp), classes, "ptq.tflite", threads)
             variants.append(_tflite_variant("ptq_int8", "int8 TFLite by post-training quantization of the float "
                                             "model (baseline)", ptq, x))
     if clf is not None:

@@ -69,7 +69,9 @@ def classification_metrics(
     }
     try:
         if len(present) == len(classes):
-            out["roc_auc_macro"] = _clean(skm.roc_auc_score(y_true, probs, multi_class="ovr", labels=labels))
+            # dequantized int8 outputs sum to 1 only within a few 1/256 steps; sklearn insists on exactly 1
+            norm = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+            out["roc_auc_macro"] = _clean(skm.roc_auc_score(y_true, norm, multi_class="ovr", labels=labels))
         else:
             out["roc_auc_macro"] = None
     except ValueError:
