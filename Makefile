@@ -41,7 +41,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/skinedge train $(DATA) --out $(RUN) --weights $(WEIGHTS) $(TRAIN_ARGS)
 	$(VENV)/bin/skinedge convert $(RUN) --out $(BUNDLE) $(CONVERT_ARGS)
 	$(VENV)/bin/skinedge compare --run $(RUN) --bundle $(BUNDLE) --out $(REPORT)
-	$(VENV)/bin/skinedge device classify $(BUNDLE) $$(awk -F, '$$1=="test"{print $$2}' $(RUN)/split.csv | head -5)
+	awk -F, '$$1=="test"{print $$2}' $(RUN)/split.csv | head -5 | xargs -d '\n' $(VENV)/bin/skinedge device classify $(BUNDLE)
 
 # The device tests run where TensorFlow is not installed at all (SKINEDGE_DEVICE_ONLY=1 makes them check that).
 test-device: $(DEVVENV)/.installed
