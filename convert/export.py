@@ -25,6 +25,9 @@ from skinedge.device.bundle import embed_metadata, write_bundle
 from skinedge.device.classifier import ImageClassifier
 from skinedge.device.constants import INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP
 
+from .metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
+from .model import load_qat_model
+from .rundir import RunDir, RunDirError, class_counts
 from .tfcompat import keras, tf
 
 log = logging.getLogger(__name__)
@@ -62,12 +65,6 @@ def to_int8_tflite(model: keras.Model, calibration: np.ndarray) -> bytes:
         raise ConvertError(f"TFLite conversion failed: {str(exc).splitlines()[0]}") from None
 
 
-def to_float_tflite(model: keras.Model) -> bytes:
-    """Plain float32 TFLite of the same network, for size and speed comparisons."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return bytes(converter.convert())
-
-
 def tensor_types(classifier: ImageClassifier) -> tuple[set[str], set[str]]:
     """(op names, tensor dtypes) of a loaded model."""
     interp = classifier.interpreter
@@ -94,32 +91,20 @@ def convert_run(
     flag_sensitivity: float = 0.9, name: Optional[str] = None, threads: int = 2,
 ) -> dict[str, Any]:
     """Convert RUN_DIR's QAT model into a verified int8 bundle at OUT_DIR; returns the bundle's model.json."""
-    from skinedge.train import data as D
-    from skinedge.train.config import TrainConfig
-    from skinedge.train.metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
-    from skinedge.train.model import load_qat_model
-
-    run = Path(run_dir)
-    for needed in ("config.json", "labels.txt", D.SPLIT_FILE, "qat.weights.h5"):
-        if not (run / needed).is_file():
-            hint = " (did training finish its QAT phase?)" if needed == "qat.weights.h5" else ""
-            raise ConvertError(f"{run}: not a finished training run, {needed} is missing{hint}")
-    cfg = TrainConfig.load(run / "config.json")
-    classes = [c for c in (run / "labels.txt").read_text(encoding="utf-8").splitlines() if c]
-    splits = D.load_split(run / D.SPLIT_FILE)
-    size = (cfg.img_size, cfg.img_size)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else run / "cache"
+    try:
+        run = RunDir.open(run_dir, require=("qat.weights.h5",))
+    except RunDirError as exc:
+        raise ConvertError(str(exc)) from None
+    cfg, classes, size = run.config, run.classes, run.img_size
 
     t0 = time.time()
-    qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
-    x_tr, _, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
-    rng = np.random.default_rng(cfg.seed)
-    calib = x_tr[rng.choice(len(x_tr), size=min(calibration_images, len(x_tr)), replace=False)]
+    qat = load_qat_model(cfg["arch"], len(classes), size[0], cfg["alpha"], str(run.path / "qat.weights.h5"))
+    calib = run.calibration(calibration_images)
     tflite = to_int8_tflite(qat, calib)
     convert_seconds = time.time() - t0
     log.info("converted in %.1f s: %d bytes", convert_seconds, len(tflite))
 
-    x_va, y_va, _ = D.load_images(splits["val"], classes, size, cache, cfg.workers)
+    x_va, y_va, _ = run.images("val")
     ref = keras_probs(qat, x_va)
     with tempfile.TemporaryDirectory() as tmp:
         clf = tflite_classifier(tflite, Path(tmp), classes, threads=threads)
@@ -138,7 +123,7 @@ def convert_run(
              len(y_va), agreement, max_diff)
     if agreement < min_agreement:
         raise ConvertError(
-            f"{run}: int8 model agrees with the QAT Keras model on only {agreement:.1%} of {len(y_va)} validation "
+            f"{run.path}: int8 model agrees with the QAT Keras model on only {agreement:.1%} of {len(y_va)} validation "
             f"images (need {min_agreement:.1%}); nothing was written"
         )
 
@@ -156,11 +141,11 @@ def convert_run(
         "resize": RESIZE_CENTER_CROP, "interpolation": "bilinear", "range": [0, 255], "mean": 0.0, "std": 1.0,
         "output": "probabilities", "flag": flag,
     }
-    counts = {k: D.class_counts(v) for k, v in splits.items()}
+    counts = {k: class_counts(v) for k, v in run.splits.items()}
     meta = {
         "name": name or Path(out_dir).name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "architecture": {"arch": cfg.arch, "alpha": cfg.alpha, "img_size": cfg.img_size},
+        "architecture": {"arch": cfg["arch"], "alpha": cfg["alpha"], "img_size": cfg["img_size"]},
         "quantization": {
             "method": "quantization-aware training (tensorflow-model-optimization), full-integer int8",
             "full_integer": True, "ops": sorted(ops), **quant,
@@ -170,9 +155,9 @@ def convert_run(
         "verification": {"images": int(len(y_va)), "top1_agreement_vs_qat_keras": round(agreement, 6),
                          "max_abs_prob_diff": round(max_diff, 6), "min_agreement": min_agreement},
         "validation": val_metrics,
-        "data": {"source": cfg.data, "layout": cfg.extra.get("layout"), "split_counts": counts,
+        "data": {"source": cfg["data"], "layout": cfg.get("extra", {}).get("layout"), "split_counts": counts,
                  "split": "stratified by class, grouped by lesion (split.csv in the run dir)"},
-        "training": {"config": cfg.to_dict(), "run_dir": str(run)},
+        "training": {"config": cfg, "run_dir": str(run.path)},
         "intended_use": INTENDED_USE,
         "disclaimer": NOT_A_DIAGNOSIS,
     }

@@ -90,3 +90,18 @@ def test_device_environment_has_no_tensorflow_installed():
         pytest.skip("only meaningful in the device-only environment (make test-device)")
     for name in ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization"):
         assert importlib.util.find_spec(name) is None, f"{name} is installed in the device environment"
+
+
+def test_stages_depend_one_way():
+    """device <- convert <- train: device imports neither later stage, convert does not import train."""
+    root = DEVICE_DIR.parent
+    later = {"device": ("skinedge.convert", "skinedge.train"), "convert": ("skinedge.train",)}
+    offenders = []
+    for stage, forbidden in later.items():
+        files = sorted((root / stage).glob("*.py"))
+        assert files, f"no sources found for {stage}"
+        for path in files:
+            for module in _imported_modules(path.read_text(encoding="utf-8"), str(path)):
+                if module.startswith(forbidden):
+                    offenders.append(f"{stage}/{path.name}: {module}")
+    assert offenders == []

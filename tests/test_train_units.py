@@ -16,7 +16,7 @@ from conftest import shared_path
 
 
 def test_metrics_match_hand_computed_values():
-    from skinedge.train.metrics import classification_metrics, threshold_for_sensitivity
+    from skinedge.convert.metrics import classification_metrics, threshold_for_sensitivity
 
     classes = ["mel", "nv"]
     y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
@@ -62,7 +62,7 @@ def test_imagenet_weights_download_from_a_local_server(tmp_path, monkeypatch):
 
 def test_batchnorm_folding_is_exact():
     from skinedge.convert.tfcompat import keras
-    from skinedge.train.model import build_model, fold_batchnorm
+    from skinedge.convert.model import build_model, fold_batchnorm
 
     model = build_model("cnn", 3, 32)
     rng = np.random.default_rng(0)

@@ -20,13 +20,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from skinedge.convert.metrics import classification_metrics
+from skinedge.convert.rundir import RunDir, RunDirError
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
 from skinedge.device.constants import NOT_A_DIAGNOSIS
 
 from . import data as D
-from .config import TrainConfig
-from .metrics import classification_metrics
 from .plots import plot_confusion
 
 log = logging.getLogger(__name__)
@@ -68,19 +68,17 @@ def _tflite_variant(name: str, description: str, clf: ImageClassifier, x: np.nda
     return Variant(name, description, stacked, size, float(np.median(times)) if times else 0.0)
 
 
-def _select(data: Optional[str], run: Optional[Path], cfg: Optional[TrainConfig], split: Optional[str],
-            limit: Optional[int], seed: int) -> tuple[list[D.Sample], str]:
+def _select(data: Optional[str], run: Optional[RunDir], split: Optional[str], limit: Optional[int],
+            seed: int) -> tuple[list[D.Sample], str]:
     """The labelled images to evaluate and a description of where they came from."""
-    same_data = run is not None and cfg is not None and (
-        data is None or Path(data).resolve() == Path(cfg.data).resolve()
-    )
+    same_data = run is not None and (data is None or Path(data).resolve() == Path(run.config["data"]).resolve())
     if same_data:
-        splits = D.load_split(run / D.SPLIT_FILE)
-        name = split or ("test" if splits.get("test") else "val")
+        name = split or ("test" if run.splits.get("test") else "val")
+        splits = run.splits
         samples = list(splits["train"] + splits["val"] + splits["test"]) if name == "all" else splits[name]
         if not samples:
-            raise CompareError(f"{run}: the run's {name} split is empty")
-        where = f"{cfg.data}, the run's {name} split ({len(samples)} images, lesion-disjoint from training)"
+            raise CompareError(f"{run.path}: the run's {name} split is empty")
+        where = f"{run.config['data']}, the run's {name} split ({len(samples)} images, lesion-disjoint from training)"
     else:
         if data is None:
             raise CompareError("give DATA (labelled images) when comparing a bundle without its run")
@@ -135,8 +133,10 @@ def _report_md(where: str, classes: Sequence[str], variants: Sequence[Variant], 
 def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: Path,
                 split: Optional[str] = None, limit: Optional[int] = None, threads: int = 2) -> dict[str, Any]:
     """Evaluate every available variant on the same images; write the report; return metrics and table."""
-    run = Path(run_dir) if run_dir else None
-    cfg = TrainConfig.load(run / "config.json") if run else None
+    try:
+        run = RunDir.open(run_dir, require=("float.weights.h5",)) if run_dir else None
+    except RunDirError as exc:
+        raise CompareError(str(exc)) from None
     clf = None
     if bundle:
         try:
@@ -144,37 +144,35 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         except BundleError as exc:
             raise CompareError(str(exc)) from None
     if run:
-        classes = [c for c in (run / "labels.txt").read_text(encoding="utf-8").splitlines() if c]
-        size = (cfg.img_size, cfg.img_size)
+        classes, size = run.classes, run.img_size
         if clf is not None and clf.labels != classes:
             raise CompareError(f"{bundle}: its labels {clf.labels} differ from the run's {classes}")
     else:
         classes, size = clf.labels, clf.input_size
-    samples, where = _select(data, run, cfg, split, limit, cfg.seed if cfg else 0)
+    samples, where = _select(data, run, split, limit, run.config.get("seed", 0) if run else 0)
+    source = data or run.config["data"]
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
-        raise CompareError(f"{data or cfg.data}: label(s) {', '.join(unknown)} are not among the model's classes")
+        raise CompareError(f"{source}: label(s) {', '.join(unknown)} are not among the model's classes")
     x, y, _ = D.load_images(samples, classes, size)
     if len(y) == 0:
-        raise CompareError(f"{data or cfg.data}: none of the images could be read")
+        raise CompareError(f"{source}: none of the images could be read")
     log.info("evaluating on %d images at %dx%d", len(y), *size)
 
     variants: list[Variant] = []
     if run:
         from skinedge.convert.export import tflite_classifier, to_int8_tflite
-        from .model import load_float_model, load_qat_model
+        from skinedge.convert.model import load_float_model, load_qat_model
 
-        float_model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "float.weights.h5"))
+        arch, alpha = run.config["arch"], run.config["alpha"]
+        float_model = load_float_model(arch, len(classes), size[0], alpha, str(run.path / "float.weights.h5"))
         variants.append(_keras_variant("float", "Keras float32", float_model, x, 4 * float_model.count_params()))
-        if (run / "qat.weights.h5").is_file():
-            qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
+        if (run.path / "qat.weights.h5").is_file():
+            qat = load_qat_model(arch, len(classes), size[0], alpha, str(run.path / "qat.weights.h5"))
             variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x, 4 * qat.count_params()))
-        splits = D.load_split(run / D.SPLIT_FILE)
-        cache = Path(cfg.cache_dir) if cfg.cache_dir else run / "cache"
-        x_tr, _, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
-        calib = x_tr[np.random.default_rng(cfg.seed).choice(len(x_tr), min(200, len(x_tr)), replace=False)]
         with tempfile.TemporaryDirectory() as tmp:
-            ptq = tflite_classifier(to_int8_tflite(float_model, calib), Path(tmp), classes, "ptq.tflite", threads)
+            ptq_model = to_int8_tflite(float_model, run.calibration(200))
+            ptq = tflite_classifier(ptq_model, Path(tmp), classes, "ptq.tflite", threads)
             variants.append(_tflite_variant("ptq_int8", "int8 TFLite by post-training quantization of the float "
                                             "model (baseline)", ptq, x))
     if clf is not None:

@@ -4,6 +4,8 @@
     splits = split_samples(samples, val_fraction=0.15, test_fraction=0.15, seed=42)
     x, y, kept = load_images(splits["train"], classes, (128, 128), cache_dir=Path("runs/x/cache"))
 
+Splits, the decode cache and `Sample` belong to the run-dir contract in skinedge.convert.rundir (conversion reads
+them too); they are imported here so the training code has one data module to use.
 Two layouts are detected automatically: HAM10000 (`HAM10000_metadata.csv` + `images/`, labels from `dx`, grouped by
 `lesion_id`) and a folder per class (`DATA/<class>/*.jpg`, each image its own group). Pixels come from
 `skinedge.device.preprocess.load_and_preprocess`, the function the device uses, so training sees device pixels.
@@ -12,35 +14,32 @@ Two layouts are detected automatically: HAM10000 (`HAM10000_metadata.csv` + `ima
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from skinedge.device.preprocess import ImageError, is_image_path, load_and_preprocess
+from skinedge.convert.rundir import (  # noqa: F401 - re-exported: the one data module training uses
+    SPLIT_FILE,
+    Sample,
+    class_counts,
+    load_images,
+    load_split,
+    save_split,
+)
+from skinedge.device.preprocess import is_image_path
 
 log = logging.getLogger(__name__)
 
 HAM_METADATA = "HAM10000_metadata.csv"
 HAM_COLUMNS = ("lesion_id", "image_id", "dx")
-SPLIT_FILE = "split.csv"
 
 
 class DataError(ValueError):
     """A data folder that cannot be trained on; the message names the folder and the problem."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: str  # image file
-    label: str  # class name
-    group: str  # lesion id (HAM10000) or the file's stem: samples of one group stay on one side of a split
 
 
 def detect_layout(root: Path) -> str:
@@ -129,8 +128,6 @@ def _group_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple
     labels = [s.label for s in samples]
     groups = [s.group for s in samples]
     # classes rarer than n_splits cannot be stratified; sklearn warns and does its best, which is what we want
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -154,77 +151,3 @@ def split_samples(
     if missing:
         raise DataError(f"class(es) {', '.join(missing)} have too few images to appear in the training split")
     return splits
-
-
-def save_split(path: Path, splits: dict[str, list[Sample]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["split", "path", "label", "group"])
-        for name, items in splits.items():
-            writer.writerows([name, s.path, s.label, s.group] for s in items)
-    tmp.replace(path)
-
-
-def load_split(path: Path) -> dict[str, list[Sample]]:
-    splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            splits.setdefault(row["split"], []).append(Sample(row["path"], row["label"], row["group"]))
-    return splits
-
-
-def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
-    return dict(sorted(Counter(s.label for s in samples).items()))
-
-
-def _decode(args: tuple[str, tuple[int, int]]) -> Optional[np.ndarray] | str:
-    path, size = args
-    try:
-        return load_and_preprocess(path, size)
-    except ImageError as exc:
-        return str(exc)
-
-
-def load_images(
-    samples: Sequence[Sample], classes: Sequence[str], size: tuple[int, int],
-    cache_dir: Optional[Path] = None, workers: int = 0,
-) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
-    """Decode and preprocess every sample once: (uint8 N x H x W x 3, int labels, samples kept).
-
-    Unreadable images are skipped with one warning each and a count; the result is cached as .npy keyed by the
-    file list and size, so later epochs, phases and resumed runs never decode again.
-    """
-    index = {c: i for i, c in enumerate(classes)}
-    key = hashlib.sha256(repr((size, [(s.path, s.label) for s in samples])).encode()).hexdigest()[:16]
-    if cache_dir is not None:
-        cache = Path(cache_dir) / f"images-{size[0]}x{size[1]}-{key}.npz"
-        if cache.is_file():
-            with np.load(cache, allow_pickle=False) as z:
-                kept_idx = z["kept"]
-                return z["x"], z["y"], [samples[i] for i in kept_idx]
-    jobs = [(s.path, size) for s in samples]
-    workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_decode, jobs, chunksize=32))
-    else:
-        results = [_decode(j) for j in jobs]
-    x = np.zeros((len(samples), size[0], size[1], 3), np.uint8)
-    kept_idx = []
-    for i, res in enumerate(results):
-        if isinstance(res, str):
-            log.warning("skipped %s", res)
-            continue
-        x[len(kept_idx)] = res
-        kept_idx.append(i)
-    if len(kept_idx) < len(samples):
-        log.warning("%d of %d images could not be read and were skipped", len(samples) - len(kept_idx), len(samples))
-    x = x[: len(kept_idx)]
-    y = np.array([index[samples[i].label] for i in kept_idx], np.int32)
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, x=x, y=y, kept=np.array(kept_idx, np.int64))
-        tmp.replace(cache)
-    return x, y, [samples[i] for i in kept_idx]

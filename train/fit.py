@@ -8,7 +8,7 @@ RUN_DIR after a run:
     config.json  resolved config          split.csv   train/val/test split (by lesion)   labels.txt
     history/<phase>.csv  per-epoch logs   curves.png  training curves                state.json  phases done
     float.weights.h5 / float.keras        the best float model (by validation balanced accuracy)
-    qat.weights.h5                         the best QAT model (rebuild with skinedge.train.model.load_qat_model)
+    qat.weights.h5                         the best QAT model (rebuild with skinedge.convert.model.load_qat_model)
     metrics.json                           validation metrics of the float and QAT models
 Each phase keeps a BackupAndRestore checkpoint, so a killed run continues with `--resume` from its last epoch.
 """
@@ -26,13 +26,21 @@ from typing import Any, Optional
 
 import numpy as np
 
+from skinedge.convert.metrics import classification_metrics
+from skinedge.convert.model import (
+    build_model,
+    calibrate_qat_ranges,
+    load_float_model,
+    load_qat_model,
+    quantize_model,
+    set_phase,
+)
+from skinedge.convert.rundir import RunDir, cache_dir
 from skinedge.convert.tfcompat import keras, tf
 from skinedge.device.labels import format_labels
 
 from . import data as D
 from .config import TrainConfig
-from .metrics import classification_metrics
-from .model import build_model, calibrate_qat_ranges, load_float_model, quantize_model, set_phase
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
 from .weights import resolve_weights
@@ -110,11 +118,9 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
     if resume:
         if not (run / "config.json").is_file():
             raise RunError(f"{run}: nothing to resume (no config.json); start a new run without --resume")
-        stored = TrainConfig.load(run / "config.json")
-        splits = D.load_split(run / D.SPLIT_FILE)
-        classes = [c for c in (run / "labels.txt").read_text(encoding="utf-8").splitlines() if c]
+        stored = RunDir.open(run)
         log.info("resuming %s", run)
-        return stored, run, splits, classes
+        return TrainConfig.load(run / "config.json"), run, stored.splits, stored.classes
     if (run / "state.json").exists():
         raise RunError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
     cfg.validate()
@@ -140,11 +146,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
 
 
 def _best_so_far(history_csv: Path) -> Optional[float]:
-    if not history_csv.is_file():
-        return None
-    with open(history_csv, newline="") as fh:
-        values = [float(r[MONITOR]) for r in csv.DictReader(fh) if r.get(MONITOR)]
-    return max(values) if values else None
+    return max(_read_history(history_csv).get(MONITOR, []), default=None)
 
 
 def _read_history(history_csv: Path) -> dict[str, list[float]]:
@@ -227,7 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     state = json.loads(state_path.read_text()) if state_path.exists() else {"phases": {}}
     _write_json(state_path, state)
     size = (cfg.img_size, cfg.img_size)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else run / "cache"
+    cache = cache_dir(cfg.to_dict(), run)
     x_tr, y_tr, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
     x_va, y_va, _ = D.load_images(splits["val"], classes, size, cache, cfg.workers)
     if len(y_tr) == 0 or len(y_va) == 0:
@@ -260,8 +262,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.ndarray, np.ndarray],
            float_best: Optional[str], state: dict[str, Any]) -> dict[str, Any]:
     """Copy the best models to their final names, evaluate them on validation data, plot the curves."""
-    from .model import load_qat_model
-
     x_va, y_va = val_xy
     metrics: dict[str, Any] = {}
     if float_best:

@@ -1,0 +1,161 @@
+"""A training run dir as every later stage reads it: config, labels, split and the images decoded once.
+
+    run = RunDir.open("runs/ham", require=("qat.weights.h5",))   # RunDirError names what is missing
+    x_val, y_val, _ = run.images("val")
+    calibration = run.calibration(200)
+
+Training writes the run dir (skinedge.train.fit); conversion and comparison read it through this module, so
+skinedge.convert needs nothing from skinedge.train. Pixels come from skinedge.device.preprocess, the function the
+device uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from skinedge.device.labels import LabelsError, read_labels
+from skinedge.device.preprocess import ImageError, load_and_preprocess
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.txt"
+SPLIT_FILE = "split.csv"
+
+
+class RunDirError(ValueError):
+    """A run dir that cannot be read; the message names the run and what is missing."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # image file
+    label: str  # class name
+    group: str  # lesion id (HAM10000) or the file's stem: samples of one group stay on one side of a split
+
+
+def save_split(path: Path, splits: dict[str, list[Sample]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "path", "label", "group"])
+        for name, items in splits.items():
+            writer.writerows([name, s.path, s.label, s.group] for s in items)
+    tmp.replace(path)
+
+
+def load_split(path: Path) -> dict[str, list[Sample]]:
+    splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            splits.setdefault(row["split"], []).append(Sample(row["path"], row["label"], row["group"]))
+    return splits
+
+
+def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
+    return dict(sorted(Counter(s.label for s in samples).items()))
+
+
+def _decode(args: tuple[str, tuple[int, int]]) -> np.ndarray | str:
+    path, size = args
+    try:
+        return load_and_preprocess(path, size)
+    except ImageError as exc:
+        return str(exc)
+
+
+def load_images(
+    samples: Sequence[Sample], classes: Sequence[str], size: tuple[int, int],
+    cache_dir: Optional[Path] = None, workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
+    """Decode and preprocess every sample once: (uint8 N x H x W x 3, int labels, samples kept).
+
+    Unreadable images are skipped with one warning each and a count; the result is cached as .npy keyed by the
+    file list and size, so later epochs, phases and resumed runs never decode again.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    key = hashlib.sha256(repr((size, [(s.path, s.label) for s in samples])).encode()).hexdigest()[:16]
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"images-{size[0]}x{size[1]}-{key}.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as z:
+                kept_idx = z["kept"]
+                return z["x"], z["y"], [samples[i] for i in kept_idx]
+    jobs = [(s.path, size) for s in samples]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_decode, jobs, chunksize=32))
+    else:
+        results = [_decode(j) for j in jobs]
+    x = np.zeros((len(samples), size[0], size[1], 3), np.uint8)
+    kept_idx = []
+    for i, res in enumerate(results):
+        if isinstance(res, str):
+            log.warning("skipped %s", res)
+            continue
+        x[len(kept_idx)] = res
+        kept_idx.append(i)
+    if len(kept_idx) < len(samples):
+        log.warning("%d of %d images could not be read and were skipped", len(samples) - len(kept_idx), len(samples))
+    x = x[: len(kept_idx)]
+    y = np.array([index[samples[i].label] for i in kept_idx], np.int32)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, x=x, y=y, kept=np.array(kept_idx, np.int64))
+        tmp.replace(cache)
+    return x, y, [samples[i] for i in kept_idx]
+
+
+def cache_dir(config: Mapping[str, Any], run: Path) -> Path:
+    """Where a run's decoded images are cached: the configured cache_dir, else RUN_DIR/cache."""
+    return Path(config["cache_dir"]) if config.get("cache_dir") else run / "cache"
+
+
+@dataclass
+class RunDir:
+    path: Path
+    config: dict[str, Any]  # config.json as written by training (skinedge.train.config.TrainConfig)
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+
+    @classmethod
+    def open(cls, path: os.PathLike | str, require: Sequence[str] = ()) -> "RunDir":
+        run = Path(path)
+        for needed in (CONFIG_FILE, LABELS_FILE, SPLIT_FILE, *require):
+            if not (run / needed).is_file():
+                hint = " (did training finish its QAT phase?)" if needed == "qat.weights.h5" else ""
+                raise RunDirError(f"{run}: not a finished training run, {needed} is missing{hint}")
+        try:
+            config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+            classes = read_labels(run / LABELS_FILE)
+        except (json.JSONDecodeError, UnicodeDecodeError, LabelsError) as exc:
+            raise RunDirError(f"{run}: unreadable run files ({exc})") from None
+        return cls(run, config, classes, load_split(run / SPLIT_FILE))
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return (self.config["img_size"], self.config["img_size"])
+
+    def images(self, split: str) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
+        """A split's images, decoded once and cached like in training."""
+        return load_images(self.splits[split], self.classes, self.img_size, cache_dir(self.config, self.path),
+                           self.config.get("workers", 0))
+
+    def calibration(self, n: int) -> np.ndarray:
+        """A seeded sample of at most `n` training images (for quantization calibration)."""
+        x, _, _ = self.images("train")
+        rng = np.random.default_rng(self.config.get("seed", 0))
+        return x[rng.choice(len(x), size=min(n, len(x)), replace=False)]
