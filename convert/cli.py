@@ -35,8 +35,8 @@ def convert(run_dir: str, out: str, min_agreement: float, calibration_images: in
     click.echo(f"int8 agreement with QAT Keras: {meta['verification']['top1_agreement_vs_qat_keras']:.4f} "
                f"on {meta['verification']['images']} validation images")
     click.echo(f"int8 validation accuracy {v['accuracy']:.3f}, balanced accuracy {v['balanced_accuracy']:.3f}")
-    if meta.get("flag") or (v.get("melanoma") or {}).get("flag"):
-        f = v["melanoma"]["flag"]
+    f = (v.get("melanoma") or {}).get("flag")  # validation figures at the bundle's flag threshold, if it has one
+    if f:
         click.echo(f"melanoma flag: P >= {f['threshold']:.4f} (val sensitivity {f['sensitivity']}, "
                    f"specificity {f['specificity']})")
     click.echo(f"bundle written to {out}")

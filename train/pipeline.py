@@ -9,7 +9,6 @@ whole batches after batching (vectorised), followed by prefetch so the step neve
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 
@@ -56,17 +55,16 @@ def _color_jitter(images: tf.Tensor, seed: int) -> tf.Tensor:
 def make_dataset(
     x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, training: bool, seed: int = 0,
     augment: bool = True, oversample: bool = False, label_smoothing: float = 0.0,
-    sample_weights: Optional[np.ndarray] = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images in [0, 255], one-hot labels[, sample weights]).
+    """Batches of (float32 images in [0, 255], one-hot labels).
 
     With `oversample`, every class is drawn equally often (an epoch then has as many steps as the plain one).
     """
-    def one_hot(images, labels, *rest):
+    def one_hot(images, labels):
         target = tf.one_hot(labels, num_classes)
         if label_smoothing:
             target = target * (1 - label_smoothing) + label_smoothing / num_classes
-        return (tf.cast(images, tf.float32), target, *rest)
+        return tf.cast(images, tf.float32), target
 
     if training and oversample:
         per_class = []
@@ -75,17 +73,15 @@ def make_dataset(
             per_class.append(tf.data.Dataset.from_tensor_slices((x[idx], y[idx])).repeat().shuffle(len(idx), seed))
         ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed).take(len(y))
     else:
-        parts = (x, y) if sample_weights is None else (x, y, sample_weights.astype(np.float32))
-        ds = tf.data.Dataset.from_tensor_slices(parts)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
         if training:
             ds = ds.shuffle(min(len(y), 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False).map(one_hot, num_parallel_calls=AUTOTUNE)
     if training and augment:
         aug = _augmenter(seed)
 
-        def augment_batch(images, target, *rest):
-            images = aug(images, training=True)
-            return (_color_jitter(images, seed), target, *rest)
+        def augment_batch(images, target):
+            return _color_jitter(aug(images, training=True), seed), target
 
         ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
