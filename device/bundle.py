@@ -1,13 +1,15 @@
-"""The model bundle: a folder with `model.tflite`, `labels.txt` and `model.json`.
+"""The model bundle: a folder with `model.tflite`, `labels.txt`, `model.json` and (optionally) `golden.npz`.
 
     from skinedge.device.bundle import load_model_source
     src = load_model_source("models/ham10000")      # or a bare .tflite
-    src.model_path, src.labels, src.spec, src.meta
+    src.model_path, src.labels, src.spec, src.meta, src.golden_path
 
 `model.tflite` is self-describing: a zip archive appended to the flatbuffer (the TFLite Metadata convention for
 associated files) holds `labels.txt` and `skinedge.json` (the input spec and flag rule). Any runtime loads the
 model unchanged, and the standard library's zipfile reads the archive. `model.json` beside it is the full record:
 labels, input spec, quantization, validation metrics, the model's sha256, data and training summary, intended use.
+`golden.npz` holds a few synthetic uint8 inputs and the raw outputs recorded at conversion (see `golden.py`);
+`model.json` records its sha256 and recipe under "golden". Bundles without it still load.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import numpy as np
+
 from .constants import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -37,6 +41,9 @@ from .labels import LabelsError, format_labels, parse_labels, read_labels
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
+
+GOLDEN_FILE = "golden.npz"
+GOLDEN_ARRAYS = ("inputs", "outputs")  # uint8 N x H x W x 3, and the raw first output tensor N x ...
 
 
 class BundleError(ValueError):
@@ -64,6 +71,16 @@ class ModelSource:
     flag: Optional[FlagRule] = None
     meta: Optional[dict[str, Any]] = None  # model.json, when the model came from a bundle folder
     sha256: str = ""
+    golden_path: Optional[Path] = None  # the bundle's golden.npz, when it has one
+
+
+@dataclass
+class Golden:
+    """Reference inputs and the raw outputs recorded for them, with how they were made (model.json "golden")."""
+
+    inputs: np.ndarray
+    outputs: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def sha256_file(path: PathLike) -> str:
@@ -95,7 +112,8 @@ def embed_metadata(tflite: bytes, labels: Sequence[str], spec: Mapping[str, Any]
 def read_embedded(path: PathLike) -> tuple[Optional[list[str]], dict[str, Any]]:
     """Labels and spec packed inside a .tflite file, or (None, {}) for a model without them.
 
-    Reads TFLite Model Maker models too: their label file is the single .txt in the archive.
+    Reads TFLite Metadata / Model Maker models too: their labels are an associated .txt file in the archive
+    (the one whose name has "label" in it, else the first .txt); a wrong pick is caught by the label count check.
     """
     try:
         with zipfile.ZipFile(path) as zf:
@@ -106,7 +124,9 @@ def read_embedded(path: PathLike) -> tuple[Optional[list[str]], dict[str, Any]]:
                 if not isinstance(spec, dict):
                     raise BundleError(f"{path}: embedded {EMBEDDED_SPEC} is not a JSON object")
             texts = [n for n in names if n.lower().endswith(".txt")]
-            label_name = EMBEDDED_LABELS if EMBEDDED_LABELS in names else (texts[0] if len(texts) == 1 else None)
+            # the metadata flatbuffer says which file holds the labels, but reading it needs tflite-support
+            texts = [n for n in texts if "label" in n.lower()] or texts
+            label_name = EMBEDDED_LABELS if EMBEDDED_LABELS in names else (texts[0] if texts else None)
             labels = None
             if label_name is not None:
                 labels = parse_labels(zf.read(label_name).decode("utf-8-sig"), f"{path}!{label_name}")
@@ -115,6 +135,43 @@ def read_embedded(path: PathLike) -> tuple[Optional[list[str]], dict[str, Any]]:
         return None, {}
     except (UnicodeDecodeError, json.JSONDecodeError, LabelsError, KeyError) as exc:
         raise BundleError(f"{path}: embedded metadata is unreadable ({exc})") from None
+
+
+def pack_golden(inputs: np.ndarray, outputs: np.ndarray) -> bytes:
+    """An .npz (what np.savez writes, no pickles) with fixed zip timestamps, so the same arrays always give the
+    same bytes and sha256; np.savez stamps the current time into the archive."""
+    if inputs.dtype != np.uint8 or inputs.ndim != 4 or inputs.shape[-1] != 3:
+        raise BundleError(f"golden inputs must be uint8 N x H x W x 3, got {inputs.dtype.name}{list(inputs.shape)}")
+    if len(outputs) != len(inputs):
+        raise BundleError(f"golden data has {len(inputs)} inputs but {len(outputs)} outputs")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in zip(GOLDEN_ARRAYS, (inputs, outputs)):
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE_TIME)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, npy.getvalue())
+    return buf.getvalue()
+
+
+def read_golden(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, outputs) from a golden.npz, or BundleError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [n for n in GOLDEN_ARRAYS if n not in data.files]
+            if missing:
+                raise BundleError(f"{path}: golden file lacks {', '.join(missing)}")
+            inputs, outputs = data["inputs"], data["outputs"]
+    except BundleError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:  # np.load's ways of saying "not an npz"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BundleError(f"{path}: unreadable golden file ({reason})") from None
+    if inputs.dtype != np.uint8 or inputs.ndim != 4 or inputs.shape[-1] != 3 or len(outputs) != len(inputs):
+        raise BundleError(f"{path}: golden inputs {inputs.dtype.name}{list(inputs.shape)} / outputs "
+                          f"{outputs.dtype.name}{list(outputs.shape)} are not N x H x W x 3 uint8 with N outputs")
+    return inputs, outputs
 
 
 def _flag_from(spec: Mapping[str, Any], labels: Optional[Sequence[str]], source: PathLike) -> Optional[FlagRule]:
@@ -184,20 +241,29 @@ def load_model_source(
         labels = read_labels(model / LABELS_FILE)
     else:
         labels = embedded_labels
+    golden_path = None
+    if model.is_dir():
+        golden_name = str(((meta or {}).get("golden") or {}).get("file") or GOLDEN_FILE)
+        if (model / golden_name).is_file():
+            golden_path = model / golden_name
     return ModelSource(
         model_path=model_path, labels=labels, spec=spec, flag=_flag_from(spec, labels, model),
-        meta=meta, sha256=digest,
+        meta=meta, sha256=digest, golden_path=golden_path,
     )
 
 
 def write_bundle(
-    out_dir: PathLike, tflite: bytes, labels: Sequence[str], spec: Mapping[str, Any], meta: Mapping[str, Any]
+    out_dir: PathLike, tflite: bytes, labels: Sequence[str], spec: Mapping[str, Any], meta: Mapping[str, Any],
+    golden: Optional[Golden] = None,
 ) -> Path:
     """Write a bundle atomically: everything goes to a temporary sibling folder renamed into place at the end,
-    so an interrupted conversion never leaves a half-written bundle. An existing bundle is replaced."""
+    so an interrupted conversion never leaves a half-written bundle. An existing bundle is replaced.
+
+    `golden` (inputs, raw outputs, recipe) is written as golden.npz and recorded with its sha256 in model.json."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model_bytes = embed_metadata(tflite, labels, spec)
+    golden_bytes = pack_golden(golden.inputs, golden.outputs) if golden is not None else None
     record = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -212,6 +278,11 @@ def write_bundle(
             "bytes": len(model_bytes),
         },
     }
+    if golden_bytes is not None:
+        record["golden"] = {
+            **dict(golden.info), "file": GOLDEN_FILE, "sha256": hashlib.sha256(golden_bytes).hexdigest(),
+            "bytes": len(golden_bytes),
+        }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         # mkdtemp makes the folder private (0700); give the bundle the usual permissions under the umask so
@@ -222,6 +293,8 @@ def write_bundle(
         (tmp / MODEL_FILE).write_bytes(model_bytes)
         (tmp / LABELS_FILE).write_text(format_labels(labels), encoding="utf-8")
         (tmp / META_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if golden_bytes is not None:
+            (tmp / GOLDEN_FILE).write_bytes(golden_bytes)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -118,3 +118,81 @@ def classify(
     if failures:
         log.warning("%d of %d inputs could not be classified", failures, total)
         sys.exit(EXIT_SOME_FAILED)
+
+
+@device.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--labels", type=click.Path(path_type=str), help="Labels file (one per line) for a bare .tflite.")
+@click.option("--mean", type=float, help="Float-input models: subtract this from pixels (default from metadata).")
+@click.option("--std", type=click.FloatRange(min=0, min_open=True), help="Float-input models: divide by this.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with every check.")
+def selftest(model: str, labels: Optional[str], mean: Optional[float], std: Optional[float], as_json: bool) -> None:
+    """Check that this device runs MODEL (a bundle folder or a .tflite) as it was converted.
+
+    Checks the runtime, that the model loads, its sha256 against model.json, its input and output specs against
+    the bundle, and that the golden outputs in golden.npz are reproduced bit-exactly (same runtime family, one
+    thread). Prints PASS, FAIL or SKIP for each. Exit status: 0 all passed, 1 a check failed, 2 the model (or a
+    runtime) cannot be opened at all.
+
+    \b
+    Examples:
+      skinedge device selftest models/ham10000
+      skinedge device selftest mobilenet.tflite --labels labels.txt --json
+    """
+    from .selftest import exit_code, selftest as run_selftest
+
+    checks = run_selftest(model, labels, mean=mean, std=std)
+    code = exit_code(checks)
+    if as_json:
+        click.echo(json.dumps({"model": model, "status": "PASS" if code == 0 else "FAIL", "exit_code": code,
+                               "checks": [c.as_dict() for c in checks]}, ensure_ascii=False))
+    else:
+        for c in checks:
+            click.echo(f"{c.status}  {c.name:<15} {c.detail}")
+        counts = {s: sum(c.status == s for c in checks) for s in ("PASS", "FAIL", "SKIP")}
+        click.echo(f"selftest {'passed' if code == 0 else 'FAILED'}: {counts['PASS']} passed, "
+                   f"{counts['FAIL']} failed, {counts['SKIP']} skipped")
+    sys.exit(code)
+
+
+@device.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Interpreter threads.")
+@click.option("--frames", default=100, show_default=True, type=click.IntRange(min=1), help="Timed frames.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed frames first.")
+@click.option("--labels", type=click.Path(path_type=str), help="Labels file (one per line) for a bare .tflite.")
+@click.option("--mean", type=float, help="Float-input models: subtract this from pixels (default from metadata).")
+@click.option("--std", type=click.FloatRange(min=0, min_open=True), help="Float-input models: divide by this.")
+@click.option("--allow-modified", is_flag=True, help="Run a bundle whose model does not match its sha256.")
+@click.option("--no-cold-start", is_flag=True, help="Skip the cold-start measurement (a fresh process).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (latencies nested: invoke_ms.p50 ...).")
+def bench(
+    model: str, threads: int, frames: int, warmup: int, labels: Optional[str], mean: Optional[float],
+    std: Optional[float], allow_modified: bool, no_cold_start: bool, as_json: bool,
+) -> None:
+    """Benchmark MODEL on 640x480 RGB frames: invoke, preprocess and end-to-end latency percentiles (ms), FPS,
+    peak RSS and cold start (spawn of `device classify` to its first result).
+
+    \b
+    Examples:
+      skinedge device bench models/ham10000
+      skinedge device bench models/ham10000 --threads 4 --frames 500 --json
+    """
+    from .bench import bench as run_bench
+
+    try:
+        report = run_bench(model, threads=threads, frames=frames, warmup=warmup, labels_path=labels, mean=mean,
+                           std=std, allow_modified=allow_modified, cold_start=not no_cold_start)
+    except (BundleError, LabelsError) as exc:
+        raise ModelError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{report['model']} ({report['model_bytes']} bytes), {report['runtime']} {report['runtime_version']}, "
+               f"{threads} thread(s), {frames} frames of {report['frame_shape']}")
+    for key in ("preprocess_ms", "invoke_ms", "end_to_end_ms"):
+        p = report[key]
+        click.echo(f"  {key:<14} p50 {p['p50']:8.3f}  p90 {p['p90']:8.3f}  p99 {p['p99']:8.3f}")
+    cold = report["cold_start_ms"]
+    click.echo(f"  fps {report['fps']}  peak rss {report['rss_mb']} MB  cold start "
+               + (f"{cold:.0f} ms" if cold is not None else "n/a"))
