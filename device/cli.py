@@ -196,3 +196,123 @@ def bench(
     cold = report["cold_start_ms"]
     click.echo(f"  fps {report['fps']}  peak rss {report['rss_mb']} MB  cold start "
                + (f"{cold:.0f} ms" if cold is not None else "n/a"))
+
+
+EXIT_SOURCE_FAILED = 3
+
+
+class SourceUnavailable(click.ClickException):
+    """The camera, folder or video cannot be opened: exit code 2, with what to check."""
+
+    exit_code = EXIT_MODEL_ERROR
+
+
+class SourceFailed(click.ClickException):
+    """The source stopped delivering frames and retries did not help: exit code 3 (the log is complete)."""
+
+    exit_code = EXIT_SOURCE_FAILED
+
+
+def _check_source(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    from .sources import parse_source
+
+    if value is not None:
+        try:
+            parse_source(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@device.command("run")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--source", "source_spec", metavar="SOURCE", callback=_check_source,
+              help="picamera2[:N] (the default where picamera2 is installed), opencv[:INDEX], folder:DIR, video:FILE.")
+@click.option("--frames", type=click.IntRange(min=1), help="Stop after N frames [default: run until stopped].")
+@click.option("--interval", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="At least this many seconds between frames.")
+@click.option("--trigger", default="continuous", show_default=True, type=click.Choice(["continuous", "enter"]),
+              help="Classify every frame, or a full-resolution still each time Enter is pressed (q + Enter stops).")
+@click.option("--loop", is_flag=True, help="folder: and video: sources start again at the end.")
+@click.option("--crop", type=click.FloatRange(0, 1, min_open=True),
+              help="Classify only a centred square guide this fraction of the frame's short side (e.g. 0.6).")
+@click.option("--log-dir", default="skinedge-logs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where <UTC date>.jsonl logs and captures/ go.")
+@click.option("--save/--no-save", default=None,
+              help="Keep a JPEG (no EXIF) of each classified image in LOG_DIR/captures [default: with enter].")
+@click.option("--preview/--no-preview", default=None,
+              help="Show results over a preview [default: when there is a display].")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Interpreter threads.")
+@click.option("-k", "--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Categories to log.")
+@click.option("--labels", type=click.Path(path_type=str), help="Labels file (one per line) for a bare .tflite.")
+@click.option("--mean", type=float, help="Float-input models: subtract this from pixels (default from metadata).")
+@click.option("--std", type=click.FloatRange(min=0, min_open=True), help="Float-input models: divide by this.")
+@click.option("--allow-modified", is_flag=True, help="Run a bundle whose model does not match its sha256.")
+@click.option("--read-tries", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Attempts per frame (back-off 0.1, 0.2, 0.4 s...) before a failing camera ends the run.")
+def run_command(
+    model: str, source_spec: Optional[str], frames: Optional[int], interval: float, trigger: str, loop: bool,
+    crop: Optional[float], log_dir: Path, save: Optional[bool], preview: Optional[bool], threads: int, top_k: int,
+    labels: Optional[str], mean: Optional[float], std: Optional[float], allow_modified: bool, read_tries: int,
+) -> None:
+    """Classify live frames with MODEL: the Pi camera, a USB camera, a folder of images or a video file.
+
+    Each frame is printed (label, score, flag, FPS) and appended as one JSON line to LOG_DIR/<UTC date>.jsonl.
+    Ctrl-C or SIGTERM finishes the current frame and exits 0. Exit status: 2 for a usage or model error or a
+    source that cannot be opened, 3 when the source stops delivering frames (the log stays complete).
+
+    \b
+    Examples:
+      skinedge device run models/ham10000 --source picamera2 --trigger enter --crop 0.6
+      skinedge device run models/ham10000 --source opencv:0 --threads 4 --log-dir logs
+      skinedge device run models/ham10000 --source folder:photos --frames 20 --no-preview
+    """
+    import importlib.util
+
+    from .run import RunConfig, run_loop
+    from .sources import SourceOpenError, open_source
+
+    if source_spec is None:
+        if importlib.util.find_spec("picamera2") is None:
+            raise click.UsageError("--source is needed here (picamera2 is not installed): "
+                                   "e.g. --source opencv:0 or --source folder:photos")
+        source_spec = "picamera2"
+    has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if preview and not has_display:
+        log.warning("no display (DISPLAY is not set): running without a preview")
+    try:
+        log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)  # results and captures are patient data
+        writable = os.access(log_dir, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise click.BadParameter(f"{log_dir}: cannot write there", param_hint="--log-dir")
+    clf = open_classifier(model, labels, threads, top_k, mean=mean, std=std, allow_modified=allow_modified)
+    config = RunConfig(
+        source=source_spec, log_dir=log_dir, frames=frames, interval=interval, trigger=trigger,
+        save=(trigger == "enter") if save is None else save, crop=crop, top_k=top_k,
+        preview=has_display if preview is None else (preview and has_display), read_tries=read_tries,
+    )
+
+    def on_result(r) -> None:
+        mark = "  [FLAG: refer for examination]" if r.flag else ""
+        speed = f"  {r.fps:.1f} fps" if r.fps is not None else f"  {r.latency_ms['total_ms']:.0f} ms"
+        click.echo(f"#{r.frame} {r.label} {r.score:.2f}{mark}{speed}" + (f"  {r.name}" if r.name else ""))
+
+    def on_prompt() -> None:
+        click.echo("Press Enter to classify a still (q + Enter or Ctrl-C to stop)", err=True)
+
+    click.echo(f"# {NOT_A_DIAGNOSIS}", err=True)
+    try:
+        with open_source(source_spec, loop=loop, preview=config.preview) as source:
+            summary = run_loop(clf, source, config, on_result=on_result, on_prompt=on_prompt, stdin=sys.stdin)
+    except SourceOpenError as exc:
+        raise SourceUnavailable(str(exc)) from None
+    except OSError as exc:  # the log or a capture could not be written (a full SD card): exit 1, earlier lines kept
+        raise click.ClickException(f"{log_dir}: cannot write ({exc.strerror or exc}); the lines already there are "
+                                   "complete") from None
+    click.echo(f"# {summary.frames} frames, {summary.errors} errors in {summary.elapsed_s:.1f} s, "
+               f"ended: {summary.reason}; log: {summary.log_path}", err=True)
+    if summary.failure:
+        raise SourceFailed(f"{source_spec}: {summary.failure} after {read_tries} tries; check the camera's cable and "
+                           f"power supply (the log {summary.log_path} is complete)")
