@@ -3,14 +3,17 @@
     from skinedge.train.compare import run_compare
     result = run_compare(None, "runs/ham", "models/ham", Path("reports/ham"))   # the run's held-out test split
 
-Writes REPORT_DIR/metrics.json, report.md and confusion_<variant>.png. The report dir is assembled in a temporary
-folder and renamed into place, so an interrupted comparison never leaves a half-written report.
+Writes REPORT_DIR/metrics.json, report.html (self-contained: plots and thumbnails embedded), report.md and the PNGs
+(skinedge.train.report). The report dir is assembled in a temporary folder and renamed into place, so an interrupted
+comparison never leaves a half-written report.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -19,15 +22,15 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from skinedge.convert.metrics import classification_metrics
 from skinedge.convert.rundir import RunDir, RunDirError
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
-from skinedge.device.constants import NOT_A_DIAGNOSIS
 
 from . import data as D
-from .plots import plot_confusion
+from . import report as R
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,18 @@ class Variant:
     latency_ms: float  # median single-image inference time on this machine
 
 
+def _progress(name: str, total: int) -> tqdm:
+    """A progress bar over images on stderr (silent when stderr is not a terminal)."""
+    return tqdm(total=total, desc=f"{name:9s}", unit="img", disable=None, dynamic_ncols=True)
+
+
 def _keras_variant(name: str, description: str, model, x: np.ndarray, size_bytes: int) -> Variant:
-    probs = model.predict(x.astype(np.float32), batch_size=64, verbose=0)
+    batches = []
+    with _progress(name, len(x)) as bar:
+        for i in range(0, len(x), 64):
+            batches.append(np.asarray(model.predict_on_batch(x[i:i + 64].astype(np.float32))))
+            bar.update(len(batches[-1]))
+    probs = np.concatenate(batches)
     times = []
     for img in x[:LATENCY_SAMPLES]:
         t0 = time.perf_counter()
@@ -59,10 +72,12 @@ def _keras_variant(name: str, description: str, model, x: np.ndarray, size_bytes
 
 def _tflite_variant(name: str, description: str, clf: ImageClassifier, x: np.ndarray) -> Variant:
     probs, times = [], []
-    for img in x:
-        t0 = time.perf_counter()
-        probs.append(clf.invoke(img))
-        times.append((time.perf_counter() - t0) * 1e3)
+    with _progress(name, len(x)) as bar:
+        for img in x:
+            t0 = time.perf_counter()
+            probs.append(clf.invoke(img))
+            times.append((time.perf_counter() - t0) * 1e3)
+            bar.update()
     size = clf.source.model_path.stat().st_size
     stacked = np.stack(probs) if probs else np.zeros((0, clf.num_classes))
     return Variant(name, description, stacked, size, float(np.median(times)) if times else 0.0)
@@ -94,40 +109,21 @@ def _select(data: Optional[str], run: Optional[RunDir], split: Optional[str], li
 
 
 def _table(variants: Sequence[Variant], metrics: dict[str, dict[str, Any]]) -> str:
-    def fmt(v: Any, pct: bool = False) -> str:
-        if v is None:
-            return "–"
-        return f"{100 * v:.1f}" if pct else f"{v:.3f}"
-
-    head = ("| variant | accuracy % | balanced acc % | macro F1 | ROC-AUC | mel sens % | mel spec % "
-            "| agreement w/ float % | size MB | latency ms |")
-    rows = [head, "|" + "---|" * 10]
-    for v in variants:
-        m = metrics[v.name]
-        mel = m.get("melanoma") or {}
-        rows.append(
-            f"| {v.name} | {fmt(m['accuracy'], True)} | {fmt(m['balanced_accuracy'], True)} | {fmt(m['macro_f1'])} "
-            f"| {fmt(m.get('roc_auc_macro'))} | {fmt(mel.get('sensitivity'), True)} "
-            f"| {fmt(mel.get('specificity'), True)} | {fmt(m.get('agreement'), True)} "
-            f"| {v.size_bytes / 1e6:.2f} | {v.latency_ms:.2f} |"
-        )
-    return "\n".join(rows)
+    return R.markdown_table({v.name: metrics[v.name] for v in variants})
 
 
-def _report_md(where: str, classes: Sequence[str], variants: Sequence[Variant], metrics: dict, table: str) -> str:
-    lines = ["# skinedge comparison", "", f"Images: {where}.", "",
-             "Variants: " + "; ".join(f"**{v.name}**: {v.description}" for v in variants) + ".", "", table, "",
-             "Latency: median single-image inference on this machine (Keras eager call / TFLite invoke, "
-             "preprocessing excluded). Sizes: float32 parameters for Keras models, file size for .tflite.", "",
-             "## Per-class recall", "", "| class | " + " | ".join(v.name for v in variants) + " |",
-             "|---|" + "---|" * len(variants)]
-    for c in classes:
-        lines.append(f"| {c} | " + " | ".join(
-            f"{metrics[v.name]['per_class'][c]['recall']:.3f}" for v in variants) + " |")
-    lines += ["", "## Confusion matrices", ""]
-    lines += [f"![{v.name}](confusion_{v.name}.png)" for v in variants]
-    lines += ["", f"_{NOT_A_DIAGNOSIS}_", ""]
-    return "\n".join(lines)
+def _histories(run: RunDir) -> dict[str, dict[str, list[float]]]:
+    """RUN_DIR/history/<phase>.csv as phase -> column -> values (unreadable files are left out with a warning)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for path in sorted((run.path / "history").glob("*.csv")):
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            out[path.stem] = {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {})
+                              if k and k != "epoch"}
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            log.warning("%s: training curves left out (%s)", path, exc)
+    return {phase: h for phase, h in out.items() if h}
 
 
 def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: Path,
@@ -154,7 +150,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
         raise CompareError(f"{source}: label(s) {', '.join(unknown)} are not among the model's classes")
-    x, y, _ = D.load_images(samples, classes, size)
+    x, y, kept = D.load_images(samples, classes, size)
     if len(y) == 0:
         raise CompareError(f"{source}: none of the images could be read")
     log.info("evaluating on %d images at %dx%d", len(y), *size)
@@ -171,6 +167,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
             qat = load_qat_model(arch, len(classes), size[0], alpha, str(run.path / "qat.weights.h5"))
             variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x, 4 * qat.count_params()))
         with tempfile.TemporaryDirectory() as tmp:
+            log.info("post-training quantization of the float model (the PTQ baseline)")
             ptq_model = to_int8_tflite(float_model, run.calibration(200))
             ptq = tflite_classifier(ptq_model, Path(tmp), classes, "ptq.tflite", threads)
             variants.append(_tflite_variant("ptq_int8", "int8 TFLite by post-training quantization of the float "
@@ -183,19 +180,29 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     metrics: dict[str, Any] = {}
     for v in variants:
         m = classification_metrics(y, v.probs, classes, flag_threshold=threshold, reference_pred=reference)
+        ece = R.reliability(y, v.probs)[3]
         metrics[v.name] = {"description": v.description, "size_bytes": v.size_bytes,
-                           "latency_ms": round(v.latency_ms, 3), **m}
+                           "latency_ms": round(v.latency_ms, 3), **m, "ece": round(ece, 6)}
     table = _table(variants, metrics)
+    if run:
+        counts = {name: D.class_counts(run.splits[name]) for name in ("train", "val", "test") if run.splits.get(name)}
+    else:
+        counts = {"evaluated": {c: int(np.sum(y == i)) for i, c in enumerate(classes)}}
+    inputs = R.ReportInputs(where=where, classes=classes, y=y, probs={v.name: v.probs for v in variants},
+                            metrics=metrics, dataset=str(source), images=x, paths=[s.path for s in kept],
+                            flag_threshold=threshold, histories=_histories(run) if run else {},
+                            class_counts=counts)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for v in variants:
-            plot_confusion(metrics[v.name]["confusion_matrix"], classes, f"{v.name} (n={len(y)})",
-                           tmp_dir / f"confusion_{v.name}.png")
-        record = {"images": where, "n": int(len(y)), "classes": list(classes), "variants": metrics}
+        umask = os.umask(0o022)
+        os.umask(umask)
+        tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes it private; the report is meant to be shared
+        R.write_report(tmp_dir, inputs)
+        record = {"images": where, "data": str(source), "n": int(len(y)), "classes": list(classes),
+                  "flag_threshold": threshold, "summary": R.summary(metrics), "variants": metrics}
         (tmp_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (tmp_dir / "report.md").write_text(_report_md(where, classes, variants, metrics, table), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         tmp_dir.rename(out)
