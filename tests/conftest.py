@@ -3,6 +3,7 @@ TFLite files made once by tests/fixtures/make_fixtures.py (run that with the wor
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -68,16 +69,24 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 def shared_path(*parts: str) -> Path:
     """A path under ../shared (or $SKINEDGE_SHARED). Missing data fails the test: it is not a reason to skip."""
-    import os
-
     root = Path(os.environ.get("SKINEDGE_SHARED", SHARED))
     path = root.joinpath(*parts)
     assert path.exists(), f"{path} is missing: the workstation tests read the shared data (set SKINEDGE_SHARED)"
     return path
 
 
+WORKSTATION_TESTS = ("test_train", "test_convert", "test_compare", "test_pipeline")
+
+
+def pytest_ignore_collect(collection_path, config):
+    # where only the device stage is installed, the workstation test files are not even imported
+    if os.environ.get("SKINEDGE_DEVICE_ONLY") and collection_path.name.startswith(WORKSTATION_TESTS):
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     # test files of the workstation stages are marked `train`, so `pytest -m "not train"` runs without TensorFlow
     for item in items:
-        if Path(str(item.fspath)).name.startswith(("test_train", "test_convert", "test_compare", "test_pipeline")):
+        if Path(str(item.fspath)).name.startswith(WORKSTATION_TESTS):
             item.add_marker(pytest.mark.train)
