@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from skinedge.cli import (
+    FiniteFloatRange,
+    InputError,
+    check_hdf5,
+    check_out_dir,
+    is_bundle_dir,
+    one_line,
+    os_error,
+)
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Bundle folder.")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.98, show_default=True,
+@click.option("--min-agreement", type=FiniteFloatRange(0, 1), default=0.98, show_default=True,
               help="Refuse the model below this top-1 agreement with the QAT Keras model.")
 @click.option("--calibration-images", type=click.IntRange(min=1), default=200, show_default=True,
               help="Training images used to calibrate the parts QAT left float.")
-@click.option("--flag-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+@click.option("--flag-sensitivity", type=FiniteFloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Melanoma flag threshold chosen for this sensitivity on validation images.")
 @click.option("--name", help="Bundle name (default: the folder name).")
 def convert(run_dir: str, out: str, min_agreement: float, calibration_images: int, flag_sensitivity: float,
@@ -25,12 +37,29 @@ def convert(run_dir: str, out: str, min_agreement: float, calibration_images: in
     Example:
       skinedge convert runs/ham --out models/ham --min-agreement 0.99
     """
+    from .rundir import RunDir, RunDirError
+
+    # everything that can be known before TensorFlow is imported and the model converted: exit 2 at once
+    try:
+        run = RunDir.open(run_dir, require=("qat.weights.h5",))
+    except RunDirError as exc:
+        raise InputError(one_line(exc)) from None
+    check_hdf5(run.path / "qat.weights.h5")
+    if Path(out).resolve() == Path(run_dir).resolve():
+        raise click.BadParameter("the bundle cannot replace the run dir it is made from.", param_hint="'--out'")
+    check_out_dir(out, replaceable=is_bundle_dir, what="bundle")
+
     from .export import ConvertError, convert_run
 
     try:
         meta = convert_run(run_dir, out, min_agreement, calibration_images, flag_sensitivity, name)
     except ConvertError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(one_line(exc)) from None
+    except OSError as exc:
+        # write_bundle writes a temporary folder and renames it into place: nothing half-written is left
+        # (an error without a file name comes from h5py reading the run's weights)
+        raise click.ClickException(f"{os_error(exc, run_dir)}; no bundle was written "
+                                   "(an earlier bundle at --out is unchanged)") from None
     v = meta["validation"]
     click.echo(f"int8 agreement with QAT Keras: {meta['verification']['top1_agreement_vs_qat_keras']:.4f} "
                f"on {meta['verification']['images']} validation images")

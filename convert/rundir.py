@@ -45,9 +45,14 @@ class Sample:
     group: str  # lesion id (HAM10000) or the file's stem: samples of one group stay on one side of a split
 
 
+# File names are bytes on Linux: one that is not valid UTF-8 reaches Python with surrogate escapes, and is written to
+# (and read back from) split.csv byte for byte rather than failing the run.
+_CSV_ERRORS = "surrogateescape"
+
+
 def save_split(path: Path, splits: dict[str, list[Sample]]) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with open(tmp, "w", newline="", encoding="utf-8", errors=_CSV_ERRORS) as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "path", "label", "group"])
         for name, items in splits.items():
@@ -56,10 +61,22 @@ def save_split(path: Path, splits: dict[str, list[Sample]]) -> None:
 
 
 def load_split(path: Path) -> dict[str, list[Sample]]:
+    """The splits saved by save_split; RunDirError naming the file if it is not one."""
     splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            splits.setdefault(row["split"], []).append(Sample(row["path"], row["label"], row["group"]))
+    try:
+        with open(path, newline="", encoding="utf-8", errors=_CSV_ERRORS) as fh:
+            reader = csv.DictReader(fh)
+            absent = [c for c in ("split", "path", "label", "group") if c not in (reader.fieldnames or [])]
+            if absent:
+                raise RunDirError(f"{path}: not a split file (missing column(s) {', '.join(absent)})")
+            for row in reader:
+                if not row["split"] or not row["path"] or not row["label"] or row["group"] is None:
+                    raise RunDirError(f"{path}: line {reader.line_num} is incomplete")
+                splits.setdefault(row["split"], []).append(Sample(row["path"], row["label"], row["group"]))
+    except csv.Error as exc:
+        raise RunDirError(f"{path}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read ({exc.strerror})") from None
     return splits
 
 
@@ -89,9 +106,10 @@ def load_images(
     if cache_dir is not None:
         cache = Path(cache_dir) / f"images-{size[0]}x{size[1]}-{key}.npz"
         if cache.is_file():
-            with np.load(cache, allow_pickle=False) as z:
-                kept_idx = z["kept"]
-                return z["x"], z["y"], [samples[i] for i in kept_idx]
+            cached = _read_cache(cache, len(samples), size)
+            if cached is not None:
+                x, y, kept_idx = cached
+                return x, y, [samples[i] for i in kept_idx]
     jobs = [(s.path, size) for s in samples]
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(jobs) > 64:
@@ -112,11 +130,45 @@ def load_images(
     x = x[: len(kept_idx)]
     y = np.array([index[samples[i].label] for i in kept_idx], np.int32)
     if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, x=x, y=y, kept=np.array(kept_idx, np.int64))
-        tmp.replace(cache)
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, x=x, y=y, kept=np.array(kept_idx, np.int64))
+            tmp.replace(cache)
+        except OSError as exc:  # the cache only saves time: a full disk shows up where it matters, at the outputs
+            log.warning("%s: decoded images not cached (%s)", cache, exc.strerror or exc)
+            tmp.unlink(missing_ok=True)
     return x, y, [samples[i] for i in kept_idx]
+
+
+def _read_cache(cache: Path, n: int, size: tuple[int, int]) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The decoded images cached by load_images, or None (with a warning) when the file is damaged."""
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            x, y, kept = z["x"], z["y"], z["kept"]
+        ok = (x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (*size, 3) and len(x) == len(y) == len(kept)
+              and kept.dtype.kind == "i" and (len(kept) == 0 or (kept.min() >= 0 and kept.max() < n)))
+        if ok:
+            return x, y, kept
+        problem = "unexpected contents"
+    except Exception as exc:  # noqa: BLE001 - a damaged .npz raises zipfile, OSError, ValueError, KeyError...
+        problem = f"{type(exc).__name__}: {exc}"
+    log.warning("%s: cache unreadable (%s); decoding the images again", cache, problem)
+    return None
+
+
+def _config_problem(config: Any) -> Optional[str]:
+    """What makes a run's config.json unusable by the later stages, or None."""
+    if not isinstance(config, dict):
+        return "not a JSON object"
+    size = config.get("img_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return f"img_size {size!r} is not a positive whole number"
+    if config.get("arch") not in ("mobilenetv2", "cnn"):
+        return f"unknown arch {config.get('arch')!r}"
+    if isinstance(config.get("alpha"), bool) or not isinstance(config.get("alpha"), (int, float)):
+        return f"alpha {config.get('alpha')!r} is not a number"
+    return None
 
 
 def cache_dir(config: Mapping[str, Any], run: Path) -> Path:
@@ -143,7 +195,16 @@ class RunDir:
             classes = read_labels(run / LABELS_FILE)
         except (json.JSONDecodeError, UnicodeDecodeError, LabelsError) as exc:
             raise RunDirError(f"{run}: unreadable run files ({exc})") from None
-        return cls(run, config, classes, load_split(run / SPLIT_FILE))
+        except OSError as exc:
+            raise RunDirError(f"{exc.filename or run}: cannot read ({exc.strerror})") from None
+        problem = _config_problem(config)
+        if problem:
+            raise RunDirError(f"{run / CONFIG_FILE}: {problem}")
+        splits = load_split(run / SPLIT_FILE)
+        unknown = sorted({s.label for items in splits.values() for s in items} - set(classes))
+        if unknown:
+            raise RunDirError(f"{run / SPLIT_FILE}: label(s) {', '.join(unknown)} are not in {LABELS_FILE}")
+        return cls(run, config, classes, splits)
 
     @property
     def img_size(self) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -120,7 +121,7 @@ def read_embedded(path: PathLike) -> tuple[Optional[list[str]], dict[str, Any]]:
             names = zf.namelist()
             spec: dict[str, Any] = {}
             if EMBEDDED_SPEC in names:
-                spec = json.loads(zf.read(EMBEDDED_SPEC).decode("utf-8"))
+                spec = json.loads(_read_member(zf, EMBEDDED_SPEC).decode("utf-8"))
                 if not isinstance(spec, dict):
                     raise BundleError(f"{path}: embedded {EMBEDDED_SPEC} is not a JSON object")
             texts = [n for n in names if n.lower().endswith(".txt")]
@@ -129,12 +130,28 @@ def read_embedded(path: PathLike) -> tuple[Optional[list[str]], dict[str, Any]]:
             label_name = EMBEDDED_LABELS if EMBEDDED_LABELS in names else (texts[0] if texts else None)
             labels = None
             if label_name is not None:
-                labels = parse_labels(zf.read(label_name).decode("utf-8-sig"), f"{path}!{label_name}")
+                labels = parse_labels(_read_member(zf, label_name).decode("utf-8-sig"), f"{path}!{label_name}")
             return labels, spec
+    except BundleError:
+        raise
     except zipfile.BadZipFile:
         return None, {}
     except (UnicodeDecodeError, json.JSONDecodeError, LabelsError, KeyError) as exc:
         raise BundleError(f"{path}: embedded metadata is unreadable ({exc})") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read model ({exc.strerror or exc})") from None
+    except (NotImplementedError, RuntimeError, EOFError, ValueError, zlib.error) as exc:
+        # a damaged archive: unknown zip version or compression, encryption, corrupt or cut deflate data
+        raise BundleError(f"{path}: embedded metadata is unreadable ({type(exc).__name__}: {exc})") from None
+
+
+MAX_EMBEDDED_BYTES = 1 << 20  # labels and spec are a few kB; refuse to inflate anything bigger (a zip bomb)
+
+
+def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
+    if zf.getinfo(name).file_size > MAX_EMBEDDED_BYTES:
+        raise BundleError(f"{zf.filename}!{name}: {zf.getinfo(name).file_size} bytes, too large for metadata")
+    return zf.read(name)
 
 
 def pack_golden(inputs: np.ndarray, outputs: np.ndarray) -> bytes:
@@ -193,11 +210,23 @@ def read_meta(path: PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{path}: not found") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: malformed JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a skinedge model.json (missing \"format\": \"{BUNDLE_FORMAT}\")")
+    for key, kinds in _META_TYPES.items():  # the sections load_model_source reads, with the types it assumes
+        if key in meta and not isinstance(meta[key], kinds):
+            raise BundleError(f"{path}: \"{key}\" must be a JSON {'object' if dict in kinds else 'list'}, "
+                              f"not {type(meta[key]).__name__}")
+    if not all(isinstance(label, str) for label in meta.get("labels") or []):
+        raise BundleError(f"{path}: \"labels\" must be a list of class names (strings)")
     return meta
+
+
+_META_TYPES = {"model": (dict,), "input": (dict,), "labels": (list,), "flag": (dict, type(None)),
+               "golden": (dict, type(None))}
 
 
 def load_model_source(
@@ -221,7 +250,10 @@ def load_model_source(
     else:
         raise BundleError(f"{model}: no such model file or bundle folder")
 
-    digest = sha256_file(model_path)
+    try:
+        digest = sha256_file(model_path)
+    except OSError as exc:
+        raise BundleError(f"{model_path}: cannot read model ({exc.strerror or exc})") from None
     if meta is not None:
         expected = meta.get("model", {}).get("sha256")
         if expected and expected != digest and not allow_modified:
@@ -243,9 +275,15 @@ def load_model_source(
         labels = embedded_labels
     golden_path = None
     if model.is_dir():
-        golden_name = str(((meta or {}).get("golden") or {}).get("file") or GOLDEN_FILE)
-        if (model / golden_name).is_file():
-            golden_path = model / golden_name
+        golden_name = ((meta or {}).get("golden") or {}).get("file") or GOLDEN_FILE
+        # a name from model.json: a plain file name inside the bundle, never a path out of it
+        if not isinstance(golden_name, str) or golden_name in (".", "..") or Path(golden_name).name != golden_name:
+            raise BundleError(f"{model / META_FILE}: golden file {golden_name!r} is not a file name in the bundle")
+        try:
+            if (model / golden_name).is_file():
+                golden_path = model / golden_name
+        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+            raise BundleError(f"{model / META_FILE}: golden file {golden_name[:40]!r}... unusable ({exc})") from None
     return ModelSource(
         model_path=model_path, labels=labels, spec=spec, flag=_flag_from(spec, labels, model),
         meta=meta, sha256=digest, golden_path=golden_path,
@@ -302,7 +340,11 @@ def write_bundle(
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out_dir.rename(old)
-            tmp.rename(out_dir)
+            try:
+                tmp.rename(out_dir)
+            except BaseException:
+                old.rename(out_dir)  # put the previous bundle back before reporting the failure
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out_dir)

@@ -14,6 +14,7 @@ logits or probabilities.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .bundle import BundleError, FlagRule, ModelSource, load_model_source
-from .labels import check_label_count
+from .bundle import BundleError, FlagRule, ModelSource, load_model_source, read_meta
+from .constants import META_FILE
+from .labels import LabelsError, check_label_count
 from .preprocess import Size, load_image, preprocess
 from .runtime import load_interpreter
 
@@ -47,6 +49,71 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+# model.json sections and the JSON types they must have (None: the section may be absent or null)
+_META_TYPES = {"model": (dict,), "input": (dict,), "labels": (list,), "flag": (dict, type(None)),
+               "golden": (dict, type(None))}
+
+
+def _check_meta(model: Path) -> None:
+    """Refuse a bundle's model.json whose sections have the wrong JSON types, naming the file and the section."""
+    meta_path = model / META_FILE
+    if not (model.is_dir() and meta_path.is_file()):
+        return
+    meta = read_meta(meta_path)  # BundleError for unreadable or malformed JSON
+    for key, types in _META_TYPES.items():
+        if key in meta and not isinstance(meta[key], types):
+            raise BundleError(f"{meta_path}: \"{key}\" must be a JSON {'object' if dict in types else 'list'}, "
+                              f"not {type(meta[key]).__name__}")
+    labels = meta.get("labels")
+    if labels is not None and not all(isinstance(label, str) for label in labels):
+        raise BundleError(f"{meta_path}: \"labels\" must be a list of class names (strings)")
+
+
+def _load_source(model: Union[str, os.PathLike], labels_path, allow_modified: bool) -> ModelSource:
+    """load_model_source, with every failure to read or parse the model's files reported as BundleError.
+
+    The bundle and its metadata are untrusted files: a malformed model.json (a list where an object belongs), a
+    corrupt zip appended to the model or an unreadable file must end in one line naming the file, never a
+    traceback. BundleError and LabelsError pass through unchanged."""
+    try:
+        _check_meta(Path(model))
+        return load_model_source(model, labels_path, allow_modified=allow_modified)
+    except (BundleError, LabelsError):
+        raise
+    except OSError as exc:
+        name = exc.filename or model
+        raise BundleError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - see above: any other failure here is a malformed file
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise BundleError(f"{model}: malformed model metadata ({type(exc).__name__}: {reason})") from None
+
+
+def _finite(value: object, name: str, path: Path) -> float:
+    """A normalisation constant as a finite float, or BundleError (NaN or infinity would give NaN scores)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BundleError(f"{path}: normalisation {name} {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise BundleError(f"{path}: normalisation {name} must be a finite number, not {number}")
+    return number
+
+
+def _check_spec_matches(spec: dict, input_size: Size, source: ModelSource) -> None:
+    """The input size recorded in the metadata must be the model's: a mismatch means the files do not belong
+    together (a model.json from another conversion), and the preprocessing it describes would be wrong."""
+    where = source.model_path.parent / META_FILE if source.meta is not None else source.model_path
+    for key, actual in (("height", input_size[0]), ("width", input_size[1])):
+        if key not in spec or spec[key] is None:
+            continue
+        recorded = spec[key]
+        if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded != actual:
+            raise BundleError(
+                f"{where}: input {key} {recorded!r} does not match the model's input "
+                f"{input_size[0]}x{input_size[1]}; the metadata belongs to another model"
+            )
+
+
 class ImageClassifier:
     """A TFLite image classifier with its labels, input geometry and quantization read once at load."""
 
@@ -60,14 +127,18 @@ class ImageClassifier:
         std: Optional[float] = None,
         allow_modified: bool = False,
     ) -> None:
-        self.source: ModelSource = load_model_source(model, labels_path, allow_modified=allow_modified)
+        self.source: ModelSource = _load_source(model, labels_path, allow_modified)
         rt = load_interpreter(self.source.model_path, num_threads=num_threads)
         self.interpreter, self.runtime, self.runtime_version = rt.interpreter, rt.name, rt.version
         self.num_threads = num_threads
         self.top_k = top_k
         path = self.source.model_path
 
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        try:
+            inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        except Exception as exc:  # noqa: BLE001 - a corrupt flatbuffer can load and then fail here (bad names)
+            raise BundleError(f"{path}: the model's tensor descriptions are unreadable "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
         if len(inputs) != 1:
             raise BundleError(f"{path}: expected a model with one image input, found {len(inputs)} inputs")
         if len(outputs) < 1:
@@ -87,8 +158,9 @@ class ImageClassifier:
         self.num_classes = int(np.prod(out["shape"]))
 
         spec = self.source.spec
-        self.mean = float(mean if mean is not None else spec.get("mean", DEFAULT_FLOAT_MEAN))
-        self.std = float(std if std is not None else spec.get("std", DEFAULT_FLOAT_STD))
+        _check_spec_matches(spec, self.input_size, self.source)
+        self.mean = _finite(mean if mean is not None else spec.get("mean", DEFAULT_FLOAT_MEAN), "mean", path)
+        self.std = _finite(std if std is not None else spec.get("std", DEFAULT_FLOAT_STD), "std", path)
         if self.std == 0:
             raise BundleError(f"{path}: normalisation std must not be 0")
         if self.input_dtype == np.float32 and "mean" not in spec and mean is None:
@@ -115,13 +187,23 @@ class ImageClassifier:
     def _quantize_input(self, pixels: np.ndarray) -> np.ndarray:
         if self._identity_input:
             return pixels
+        # one float32 buffer, reused for every frame (set_tensor copies it); the same float32 arithmetic as
+        # (pixels.astype(float32) - mean) / std and round(x / scale + zero_point), without per-frame temporaries
+        buf = getattr(self, "_input_buffer", None)
+        if buf is None or buf.shape != pixels.shape:
+            buf = self._input_buffer = np.empty(pixels.shape, np.float32)
+        np.copyto(buf, pixels, casting="unsafe")
         if self.input_dtype == np.float32:
-            return ((pixels.astype(np.float32) - self.mean) / self.std)[None]
+            np.subtract(buf, np.float32(self.mean), out=buf)
+            np.divide(buf, np.float32(self.std), out=buf)
+            return buf
         info = np.iinfo(self.input_dtype)
-        x = pixels.astype(np.float32)
         if self.input_scale:
-            x = np.round(x / self.input_scale + self.input_zero_point)
-        return np.clip(x, info.min, info.max).astype(self.input_dtype)[None]
+            np.divide(buf, np.float32(self.input_scale), out=buf)
+            np.add(buf, np.float32(self.input_zero_point), out=buf)
+            np.round(buf, out=buf)
+        np.clip(buf, info.min, info.max, out=buf)
+        return buf.astype(self.input_dtype)
 
     def _probabilities(self, raw: np.ndarray) -> np.ndarray:
         x = raw.reshape(-1).astype(np.float32)

@@ -38,20 +38,47 @@ def open_classifier(model: str, labels: Optional[str], threads: int, top_k: int,
         raise ModelError(str(exc)) from None
 
 
-def iter_inputs(paths: tuple[str, ...]) -> Iterator[Path]:
-    """Files as given, and image files under folders (recursively, sorted, extensions case-insensitive).
+def iter_inputs(paths: tuple[str, ...]) -> Iterator[tuple[Path, Optional[str]]]:
+    """(path, problem) for files as given, and image files under folders (recursively, sorted, extensions
+    case-insensitive); problem is None, or why a folder could not be read.
 
-    A path that does not exist is yielded as is, so it is reported as an error record rather than dropped."""
+    A path that does not exist is yielded as is, and an unreadable folder with its problem, so each is reported as
+    an error record rather than dropped."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
+            unreadable: list[OSError] = []
+            for root, dirs, files in os.walk(path, onerror=unreadable.append):
                 dirs.sort()
                 for name in sorted(files):
                     if is_image_path(name):
-                        yield Path(root) / name
+                        yield Path(root) / name, None
+                yield from _folder_errors(unreadable)
+            yield from _folder_errors(unreadable)
         else:
-            yield path
+            yield path, None
+
+
+def _folder_errors(unreadable: list[OSError]) -> Iterator[tuple[Path, Optional[str]]]:
+    while unreadable:
+        exc = unreadable.pop(0)
+        yield Path(exc.filename), f"{exc.filename}: cannot read folder ({exc.strerror})"
+
+
+def _json_line(record: dict) -> str:
+    """One JSON record: UTF-8 text, or ASCII escapes when a file name is not valid UTF-8 (lossless either way)."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record)
+    return text
+
+
+def _shown(text: object) -> str:
+    """A path (or a message naming one) for the terminal: file-name bytes that are not UTF-8 are shown as U+FFFD
+    instead of failing the batch."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @click.group()
@@ -87,16 +114,18 @@ def classify(
     failures = total = 0
     if not as_json:
         click.echo(f"# {NOT_A_DIAGNOSIS}", err=True)
-    for path in iter_inputs(paths):
+    for path, problem in iter_inputs(paths):
         total += 1
         try:
+            if problem:
+                raise ImageError(problem)
             top = clf.classify_path(path)
         except ImageError as exc:
             failures += 1
             if as_json:
                 click.echo(json.dumps({"path": str(path), "error": str(exc)}))
             else:
-                click.echo(f"error: {exc}", err=True)
+                click.echo(f"error: {_shown(exc)}", err=True)
             continue
         flag = clf.flagged(clf.last_probabilities)
         latency = sum(clf.last_timing.values())
@@ -108,11 +137,12 @@ def classify(
             }
             if flag is not None:
                 record["flag"] = flag
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(_json_line(record))
         else:
             others = ", ".join(f"{c.label} {c.score:.2f}" for c in top[1:])
             mark = "  [FLAG: refer for examination]" if flag else ""
-            click.echo(f"{path}: {top[0].label} {top[0].score:.2f}{mark}" + (f"  ({others})" if others else ""))
+            click.echo(f"{_shown(path)}: {top[0].label} {top[0].score:.2f}{mark}"
+                       + (f"  ({others})" if others else ""))
     if total == 0:
         raise click.UsageError("no image files found in the given paths")
     if failures:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Union
@@ -70,24 +71,67 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Formats the loader opens (Pillow's names; JPEG includes the multi-picture JPEGs some cameras write): the files
+# IMAGE_EXTENSIONS names. Everything else is refused before a decoder runs, so a file named .jpg that holds, say, EPS
+# (which Pillow hands to Ghostscript) or an obscure format with a fragile decoder is never parsed.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM")
+
+
+def _open_formats() -> tuple[str, ...]:
+    """IMAGE_FORMATS this Pillow can open (a build without WebP has no WEBP opener, and naming it would fail)."""
+    Image.init()
+    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a short single line (Pillow and the OS sometimes give multi-line or empty messages)."""
+    text = " ".join(str(exc).split())
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return text or type(exc).__name__
+
+
+def _upright(im: Image.Image, path: Path) -> Image.Image:
+    """The image turned by its EXIF orientation; a broken EXIF block is ignored (the pixels are still good)."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception as exc:  # noqa: BLE001 - EXIF parsing of untrusted files raises many types
+        log.warning("%s: EXIF orientation unreadable (%s); using the image as stored", path, _reason(exc))
+        return im
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION) or 1)
+    except Exception:  # noqa: BLE001 - as in _upright: a broken EXIF block means "as stored"
+        return 1
+
+
 def load_image(path: PathLike, draft_size: Size | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image file as an upright RGB Pillow image, or raise ImageError naming the file.
 
     Honours the EXIF orientation, takes the first frame of animations, and refuses images over `max_pixels`
     before decoding them. `draft_size` (height, width) lets JPEGs decode at a reduced scale no smaller than it.
+    Whatever the bytes of the file, the only exception it raises is ImageError, with a one-line message.
     """
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageError(f"{path}: is a directory, not an image")
+        if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+            raise ImageError(f"{path}: not a regular file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=_open_formats()) as im:
                 if im.width * im.height > max_pixels:
                     raise ImageError(f"{path}: image is {im.width}x{im.height}, over the {max_pixels} pixel limit")
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)
+                if im.width < 1 or im.height < 1:
+                    raise ImageError(f"{path}: image has no pixels ({im.width}x{im.height})")
+                # an animation is open at its first frame: counting frames (n_frames) would parse the whole file
                 if draft_size is not None and im.format == "JPEG":
                     # the crop is taken from the upright image: EXIF orientations 5-8 swap width and height
-                    turned = im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
+                    turned = _orientation(im) in (5, 6, 7, 8)
                     width, height = (im.height, im.width) if turned else (im.width, im.height)
                     box = center_crop_box(width, height, draft_size)
                     # ask for the size at which the cropped region would still cover the target
@@ -98,8 +142,7 @@ def load_image(path: PathLike, draft_size: Size | None = None, max_pixels: int =
                     )
                     im.draft("RGB", want[::-1] if turned else want)  # draft takes the stored orientation
                 im.load()
-                image = ImageOps.exif_transpose(im) or im
-                return _to_rgb(image)
+                return _to_rgb(_upright(im, path))
     except ImageError:
         raise
     except FileNotFoundError:
@@ -109,34 +152,61 @@ def load_image(path: PathLike, draft_size: Size | None = None, max_pixels: int =
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
     except UnidentifiedImageError:
-        size = path.stat().st_size if path.exists() else 0
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1
         problem = "empty file" if size == 0 else "not a recognised image format"
         raise ImageError(f"{path}: {problem}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Pillow reports truncated or corrupt data as OSError/SyntaxError with a terse message
-        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise ImageError(f"{path}: refused as a decompression bomb ({_reason(exc)})") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the system could not read the file (I/O error, symlink loop, name too long...)
+            raise ImageError(f"{path}: cannot read the file ({exc.strerror or _reason(exc)})") from None
+        # Pillow reports truncated or corrupt data as OSError with a terse message
+        raise ImageError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode this image") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise TypeError, KeyError, IndexError... on bad data
+        raise ImageError(f"{path}: corrupt image ({type(exc).__name__}: {_reason(exc)})") from None
 
 
 def preprocess(image: Union[Image.Image, np.ndarray], size: Size) -> np.ndarray:
     """Centre-crop to the target aspect ratio and resize: RGB uint8 array of shape (height, width, 3).
 
-    `image` is a Pillow image or an RGB uint8 array (H, W, 3) such as a camera frame.
+    `image` is a Pillow image or an RGB(A/X) uint8 array (H, W, 3 or 4) such as a camera frame.
+    Only the centre crop is handed to Pillow (an array is cropped before it is copied), and the crop is resized on
+    its own: while it is at least twice the target it is first reduced by the integer factor (`Image.reduce`, a box
+    filter: Pillow's `reducing_gap=1.0`), then resampled bilinearly (antialiased) to the exact size. A 640x480 frame
+    for a 160x160 model is one 3x3 box reduction and no resampling at all. Deterministic, uint8 all the way.
     """
+    out_h, out_w = size
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {image.dtype} {image.shape}")
-        image = Image.fromarray(np.ascontiguousarray(image[..., :3]), "RGB")
-    elif image.mode != "RGB":
-        image = _to_rgb(image)
-    out_h, out_w = size
-    box = center_crop_box(image.width, image.height, size)
-    if (box[2] - box[0], box[3] - box[1]) == (out_w, out_h):
-        result = image.crop(box) if box != (0, 0, image.width, image.height) else image
+        height, width, channels = image.shape
+        left, upper, right, lower = center_crop_box(width, height, size)
+        if (right - left, lower - upper) == (out_w, out_h):
+            return np.array(image[upper:lower, left:right, :3])
+        rawmode = "RGB" if channels == 3 else "RGBX"  # the 4th byte (alpha or padding) is skipped by the decoder
+        if image.flags.c_contiguous:  # hand Pillow the crop's rows in place: no copy of the frame
+            row = width * channels
+            data = image.reshape(-1)[upper * row + left * channels:(lower - 1) * row + right * channels]
+            image = Image.frombytes("RGB", (right - left, lower - upper), data, "raw", rawmode, row, 1)
+        else:
+            crop = np.ascontiguousarray(image[upper:lower, left:right])
+            image = Image.frombytes("RGB", (right - left, lower - upper), crop, "raw", rawmode)
     else:
-        result = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(result, dtype=np.uint8)
+        if image.mode != "RGB":
+            image = _to_rgb(image)
+        box = center_crop_box(image.width, image.height, size)
+        if box != (0, 0, image.width, image.height):
+            image = image.crop(box)
+    if image.size != (out_w, out_h):
+        image = image.resize((out_w, out_h), Image.Resampling.BILINEAR, reducing_gap=1.0)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def load_and_preprocess(path: PathLike, size: Size) -> np.ndarray:

@@ -68,18 +68,20 @@ def load_interpreter(
     model_path = Path(model_path)
     cls, name, version = find_interpreter_class(prefer)
     try:
+        if model_path.is_dir():
+            raise BundleError(f"{model_path}: is a folder, not a TFLite model")
         size = model_path.stat().st_size
+        if size < 16:
+            raise BundleError(f"{model_path}: not a TFLite model ({size} bytes)")
+        with open(model_path, "rb") as fh:
+            if fh.read(8)[4:8] != b"TFL3":
+                raise BundleError(f"{model_path}: not a TFLite model (no TFL3 identifier)")
     except OSError as exc:
-        raise BundleError(f"{model_path}: cannot read model ({exc.strerror})") from None
-    if size < 16:
-        raise BundleError(f"{model_path}: not a TFLite model ({size} bytes)")
-    with open(model_path, "rb") as fh:
-        if fh.read(8)[4:8] != b"TFL3":
-            raise BundleError(f"{model_path}: not a TFLite model (no TFL3 identifier)")
+        raise BundleError(f"{model_path}: cannot read model ({exc.strerror or type(exc).__name__})") from None
     try:
         interpreter = cls(model_path=str(model_path), num_threads=num_threads)
         interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - runtimes raise ValueError, RuntimeError... for a model they reject
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{model_path}: the runtime cannot load this model ({first})") from None
     log.debug("loaded %s with %s %s, %d threads", model_path, name, version, num_threads)

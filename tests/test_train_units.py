@@ -93,5 +93,5 @@ def test_train_reports_a_bad_data_folder_in_one_line(tmp_path):
     (tmp_path / "data" / "only").mkdir(parents=True)
     result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
                                        "--weights", "none"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "data" in result.output and "Traceback" not in result.output

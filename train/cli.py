@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from skinedge.cli import (
+    HDF5_MAGIC,
+    FiniteFloatRange,
+    InputError,
+    check_hdf5,
+    check_out_dir,
+    is_report_dir,
+    one_line,
+    os_error,
+)
+
 log = logging.getLogger(__name__)
+
+MAX_IMG_SIZE = 1024  # far above what an edge model uses; larger sizes only exhaust memory
+MAX_SEED = 2**32 - 1  # numpy, scikit-learn and Keras all take seeds in [0, 2**32)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _check_run_out(data: str, out: str, resume: bool) -> None:
+    """Refuse an unusable --out before anything is imported or read (usage error, exit 2)."""
+    run = Path(out)
+    if resume:
+        if not _is_run_dir(run):
+            raise click.BadParameter(f"{run}: nothing to resume (no config.json); start a new run without --resume.",
+                                     param_hint="'--out'")
+    elif (run / "state.json").exists():
+        raise click.BadParameter(f"{run} already holds a run; pass --resume to continue it or choose another "
+                                 "folder.", param_hint="'--out'")
+    check_out_dir(out, replaceable=_is_run_dir, what="run dir")
+    data_dir, run_dir = Path(data).resolve(), run.resolve()
+    if run_dir == data_dir or data_dir in run_dir.parents:
+        raise click.BadParameter(f"{run} is inside the data folder {data}; its files would be read as data.",
+                                 param_hint="'--out'")
 
 
 class WeightsChoice(click.ParamType):
@@ -21,36 +57,44 @@ class WeightsChoice(click.ParamType):
             return value
         if not Path(value).is_file():
             self.fail(f"{value}: not 'imagenet', 'none' or an existing weights file", param, ctx)
+        try:
+            with open(value, "rb") as fh:
+                magic = fh.read(8)
+        except OSError as exc:
+            self.fail(f"{value}: cannot read ({exc.strerror})", param, ctx)
+        if magic != HDF5_MAGIC:  # checked now, not after the images are decoded
+            self.fail(f"{value}: not an HDF5 weights file", param, ctx)
         return value
 
 
 @click.command()
-@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Run dir to create.")
 @click.option("--arch", type=click.Choice(["mobilenetv2", "cnn"]), default="mobilenetv2", show_default=True)
 @click.option("--alpha", type=click.Choice(["0.35", "0.5", "0.75", "1.0", "1.3", "1.4"]), default="1.0",
               show_default=True, help="MobileNetV2 width multiplier.")
 @click.option("--weights", type=WeightsChoice(), default="imagenet", show_default=True,
               help="Backbone init: imagenet (download), none, or a no-top .h5 file.")
-@click.option("--img-size", type=click.IntRange(min=32), default=128, show_default=True, help="Input size (px).")
+@click.option("--img-size", type=click.IntRange(32, MAX_IMG_SIZE), default=128, show_default=True,
+              help="Input size (px).")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
               help="Epochs training the head on a frozen backbone (mobilenetv2).")
 @click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="Fine-tuning epochs.")
 @click.option("--qat-epochs", type=click.IntRange(min=0), default=3, show_default=True,
               help="Quantization-aware training epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Head learning rate (fine-tuning lr/10, QAT lr/100).")
 @click.option("--balance", type=click.Choice(["weights", "oversample", "none"]), default="weights",
               show_default=True, help="Class imbalance handling.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.05, show_default=True)
+@click.option("--label-smoothing", type=FiniteFloatRange(0, 0.5), default=0.05, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), help="Use only N images (stratified) for a quick run.")
-@click.option("--test-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
+@click.option("--test-fraction", type=FiniteFloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
               help="Lesions held out as a test split (never trained or tuned on).")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
+@click.option("--val-fraction", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
               show_default=True, help="Lesions held out for validation.")
 @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True, help="Early stopping.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: int, head_epochs: int, epochs: int,
@@ -69,6 +113,10 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: in
       skinedge train ../shared/data/isic9/Train --arch cnn --epochs 20 --out runs/isic-cnn
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
+    _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
+
+    from skinedge.convert.rundir import RunDirError
+
     from .config import TrainConfig
     from .data import DataError
     from .fit import RunError, train as run_training
@@ -82,8 +130,17 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: in
     )
     try:
         summary = run_training(cfg, resume=resume)
-    except (DataError, RunError, WeightsError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except (DataError, RunError, WeightsError, RunDirError) as exc:
+        raise InputError(one_line(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{os_error(exc, out)}; training stopped, the run keeps what it finished: "
+                                   "free space or fix the folder, then continue with --resume") from None
+    except Exception as exc:  # noqa: BLE001 - TensorFlow reports its own I/O failures as tf.errors.OpError
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(exc, tf.errors.OpError):
+            raise
+        raise click.ClickException(f"{out}: training stopped ({one_line(exc)}); the run keeps what it finished: "
+                                   "fix the cause, then continue with --resume") from None
     val = summary["validation"]
     for name in ("float", "qat"):
         if name in val:
@@ -115,13 +172,43 @@ def compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], 
       skinedge compare --run runs/ham --bundle models/ham --out reports/ham
       skinedge compare ../shared/data/isic9/Train --bundle models/isic9 --out reports/isic9
     """
-    from .compare import CompareError, run_compare
-
     if not run_dir and not bundle:
         raise click.UsageError("give --run, --bundle or both")
+    check_out_dir(out, replaceable=is_report_dir, what="report")
+    _check_compare_inputs(run_dir, bundle, threads)
+
+    from .compare import CompareError, run_compare
+
     try:
         result = run_compare(data, run_dir, bundle, Path(out), split, limit, threads)
     except CompareError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InputError(one_line(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{os_error(exc, run_dir or bundle)}; no report was written "
+                                   "(an earlier report at --out is unchanged)") from None
+    except Exception as exc:  # noqa: BLE001 - the PTQ baseline's conversion can fail like `skinedge convert`
+        export = sys.modules.get("skinedge.convert.export")
+        if export is None or not isinstance(exc, export.ConvertError):
+            raise
+        raise click.ClickException(one_line(exc)) from None
     click.echo(result["table"])
     click.echo(f"report written to {out}")
+
+
+def _check_compare_inputs(run_dir: Optional[str], bundle: Optional[str], threads: int) -> None:
+    """Open the run dir and the bundle before any work (both cheap, no TensorFlow): exit 2 naming the file."""
+    from skinedge.convert.rundir import RunDir, RunDirError
+    from skinedge.device.bundle import BundleError
+    from skinedge.device.classifier import ImageClassifier
+    from skinedge.device.labels import LabelsError
+
+    try:
+        if run_dir:
+            run = RunDir.open(run_dir, require=("float.weights.h5",))
+            for name in ("float.weights.h5", "qat.weights.h5"):
+                if (run.path / name).exists():
+                    check_hdf5(run.path / name)
+        if bundle:
+            ImageClassifier(bundle, num_threads=threads)
+    except (RunDirError, BundleError, LabelsError) as exc:
+        raise InputError(one_line(exc)) from None

@@ -203,9 +203,25 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         record = {"images": where, "data": str(source), "n": int(len(y)), "classes": list(classes),
                   "flag_threshold": threshold, "summary": R.summary(metrics), "variants": metrics}
         (tmp_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        old = None
         if out.exists():
-            shutil.rmtree(out)
-        tmp_dir.rename(out)
+            # only ever replace an earlier report (never a run dir or data given as --out by mistake), and keep it
+            # until the new one is in place
+            from skinedge.cli import is_report_dir
+
+            if not (out.is_dir() and is_report_dir(out)):
+                raise CompareError(f"{out}: exists and is not a skinedge report; choose another --out")
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        try:
+            tmp_dir.rename(out)
+        except OSError:
+            if old is not None:
+                old.rename(out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 import os
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ from skinedge.convert.rundir import (  # noqa: F401 - re-exported: the one data 
     load_split,
     save_split,
 )
+from skinedge.device.labels import LabelsError, format_labels
 from skinedge.device.preprocess import is_image_path
 
 log = logging.getLogger(__name__)
@@ -45,25 +47,50 @@ class DataError(ValueError):
 def detect_layout(root: Path) -> str:
     if (root / HAM_METADATA).is_file():
         return "ham10000"
-    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    try:
+        has_folders = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    except OSError as exc:
+        raise DataError(f"{root}: cannot read the data folder ({exc.strerror})") from None
+    if has_folders:
         return "folders"
     raise DataError(f"{root}: neither a HAM10000 folder ({HAM_METADATA} + images/) nor a folder per class")
+
+
+def check_label(label: str, source: str) -> str:
+    """A class name that can be written to labels.txt and split.csv and read back unchanged, or DataError."""
+    try:
+        format_labels([label])
+        label.encode("utf-8")
+    except (LabelsError, UnicodeEncodeError):
+        raise DataError(f"{source}: class name {label!r} cannot be used (blank, surrounding spaces, a line break "
+                        "or bytes that are not UTF-8)") from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise DataError(f"{source}: class name {label!r} contains control characters")
+    return label
 
 
 def _ham_samples(root: Path) -> list[Sample]:
     meta = root / HAM_METADATA
     images = root / "images"
-    samples, missing = [], 0
+    if not images.is_dir():
+        raise DataError(f"{images}: folder not found (the HAM10000 layout is {HAM_METADATA} + images/)")
+    samples, missing, named = [], 0, 0
     try:
-        with open(meta, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: a spreadsheet's byte-order mark must not hide the first column's name
+        with open(meta, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             absent = [c for c in HAM_COLUMNS if c not in (reader.fieldnames or [])]
             if absent:
                 raise DataError(f"{meta}: missing column(s) {', '.join(absent)}")
             for row in reader:
-                image_id, dx, lesion = row["image_id"].strip(), row["dx"].strip(), row["lesion_id"].strip()
+                # a short row has None for the columns it lacks
+                image_id, dx, lesion = ((row.get(c) or "").strip() for c in ("image_id", "dx", "lesion_id"))
                 if not image_id or not dx or "/" in image_id or "\\" in image_id or image_id.startswith("."):
                     raise DataError(f"{meta}: line {reader.line_num}: bad image_id {image_id!r} or dx {dx!r}")
+                check_label(dx, f"{meta}: line {reader.line_num}")
+                named += 1
                 path = images / f"{image_id}.jpg"
                 if not path.is_file():
                     missing += 1
@@ -73,19 +100,42 @@ def _ham_samples(root: Path) -> list[Sample]:
         raise DataError(f"{meta}: not UTF-8 text") from None
     except csv.Error as exc:
         raise DataError(f"{meta}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{meta}: cannot read ({exc.strerror})") from None
+    if named and missing == named:
+        raise DataError(f"{meta}: none of the {named} images it names exist in {images}")
     if missing:
-        log.warning("%s: %d images named in the metadata are missing from %s; skipped", meta, missing, images)
+        log.warning("%s: %d images named in the metadata are missing from %s; skipped (%d of %d remain)",
+                    meta, missing, images, named - missing, named)
     return samples
 
 
 def _folder_samples(root: Path) -> list[Sample]:
-    samples = []
+    samples: list[Sample] = []
+    unreadable: list[str] = []
+
+    def note(exc: OSError) -> None:  # os.walk would otherwise skip unreadable folders silently
+        unreadable.append(f"{exc.filename} ({exc.strerror})")
+
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_path(p))
-        skipped = sum(1 for p in class_dir.rglob("*") if p.is_file() and not is_image_path(p))
-        if skipped:
-            log.warning("%s: %d non-image files ignored", class_dir, skipped)
-        samples += [Sample(str(p), class_dir.name, p.stem) for p in files]
+        files, ignored = [], 0
+        for folder, dirs, names in os.walk(class_dir, onerror=note):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                if is_image_path(name) and not name.startswith("."):  # ._x.jpg: macOS metadata, not an image
+                    files.append(Path(folder) / name)
+                else:
+                    ignored += 1
+        files.sort()  # the order of the samples seeds the split: keep it independent of the walk
+        if ignored:
+            log.warning("%s: %d non-image or hidden files ignored", class_dir, ignored)
+        if not files:
+            log.warning("%s: no images; not used as a class", class_dir)
+            continue
+        label = check_label(class_dir.name, str(class_dir))
+        samples += [Sample(str(p), label, p.stem) for p in files]
+    for entry in unreadable:
+        log.warning("cannot read %s; the images in it are left out", entry)
     return samples
 
 
@@ -95,7 +145,10 @@ def list_samples(root: os.PathLike | str) -> tuple[list[Sample], list[str], str]
     if not root.exists():
         raise DataError(f"{root}: data folder not found")
     layout = detect_layout(root)
-    samples = _ham_samples(root) if layout == "ham10000" else _folder_samples(root)
+    try:
+        samples = _ham_samples(root) if layout == "ham10000" else _folder_samples(root)
+    except OSError as exc:
+        raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror})") from None
     if not samples:
         raise DataError(f"{root}: no images found")
     classes = sorted({s.label for s in samples})
@@ -124,9 +177,20 @@ def _group_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple
     """Split off about `fraction` of the groups, stratified by class, never splitting a group."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_splits = max(2, round(1 / fraction))
+    n_groups = len({s.group for s in samples})
+    if n_groups < 2:
+        return list(samples), []
+    # never more folds than groups (sklearn refuses that): tiny data sets hold out one group at least
+    n_splits = max(2, min(round(1 / fraction), n_groups))
     labels = [s.label for s in samples]
     groups = [s.group for s in samples]
+    if max(Counter(labels).values()) < n_splits:
+        # every class is smaller than the number of folds (a few images per class, --limit 10 on nine classes):
+        # sklearn refuses to stratify, so hold out the requested share of groups at random (seeded) instead
+        order = sorted(set(groups))
+        np.random.default_rng(seed).shuffle(order)
+        held = set(order[:max(1, round(fraction * n_groups))])
+        return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
     # classes rarer than n_splits cannot be stratified; sklearn warns and does its best, which is what we want
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -138,16 +202,32 @@ def _group_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple
 def split_samples(
     samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[Sample]]:
-    """train/val/test splits, stratified by class and grouped by lesion; seeded and deterministic."""
+    """train/val/test splits, stratified by class and grouped by lesion; seeded and deterministic.
+
+    Every class keeps at least one group in training: a class too small to be spread over the three splits (a
+    single image, say) is trained on and missing from validation or test, with a warning, rather than the other way
+    round."""
     rest, test = _group_split(samples, test_fraction, seed) if test_fraction > 0 else (list(samples), [])
     train, val = _group_split(rest, val_fraction / (1 - test_fraction), seed + 1)
     splits = {"train": train, "val": val, "test": test}
+    for label in sorted({s.label for s in samples} - {s.label for s in train}):
+        # move this class's smallest group (by size, then name: deterministic) from val or test into training
+        donors = [(len([s for s in items if s.group == g]), g, name)
+                  for name in ("val", "test") for items in [splits[name]]
+                  for g in sorted({s.group for s in items if s.label == label})]
+        _, group, name = min(donors)
+        splits["train"] += [s for s in splits[name] if s.group == group]
+        splits[name] = [s for s in splits[name] if s.group != group]
+    if not splits["val"]:
+        raise DataError(f"too few images to hold out a validation split ({len(samples)} images in "
+                        f"{len({s.group for s in samples})} lesions/groups)")
+    for name in ("val", "test"):
+        absent = sorted({s.label for s in samples} - {s.label for s in splits[name]})
+        if absent and (name == "val" or test_fraction > 0):
+            log.warning("class(es) %s have too few images to appear in the %s split", ", ".join(absent), name)
     for name in ("train", "val", "test"):
         groups = {s.group for s in splits[name]}
         for other in ("train", "val", "test"):
             if other > name:
                 assert not groups & {s.group for s in splits[other]}, "a lesion on both sides of the split"
-    missing = sorted({s.label for s in samples} - {s.label for s in train})
-    if missing:
-        raise DataError(f"class(es) {', '.join(missing)} have too few images to appear in the training split")
     return splits

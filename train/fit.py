@@ -35,7 +35,7 @@ from skinedge.convert.model import (
     quantize_model,
     set_phase,
 )
-from skinedge.convert.rundir import RunDir, cache_dir
+from skinedge.convert.rundir import RunDir, RunDirError, cache_dir
 from skinedge.convert.tfcompat import keras, tf
 from skinedge.device.labels import format_labels
 
@@ -97,9 +97,54 @@ class TrainBalancedAccuracy(keras.metrics.Metric):
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary file renamed into place: a full disk or a kill leaves the old file whole."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _copy_file(src: Path, dest: Path) -> None:
+    """shutil.copyfile through a temporary file renamed into place (a failed copy leaves `dest` as it was)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _in_run(run: Path, stored: Optional[str]) -> Optional[Path]:
+    """A weights file recorded in state.json, as a path under `run`.
+
+    Stored relative to the run dir; older runs stored the path as given on the command line (relative to the
+    directory training was started from), so the file's place under the run dir is tried too."""
+    if not stored:
+        return None
+    path = Path(stored)
+    if path.is_absolute() and path.is_file():
+        return path
+    for candidate in (run / path, run / "checkpoints" / path.name):
+        if candidate.is_file():
+            return candidate
+    return run / path
+
+
+def _weights_readable(path: Path) -> bool:
+    """Whether an .h5 weights file opens (a kill while it was being written can leave it truncated)."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r"):
+            return True
+    except Exception:  # noqa: BLE001 - h5py raises OSError and others for a damaged file
+        return False
 
 
 def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
@@ -113,17 +158,40 @@ def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
 
 
 def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict[str, list[D.Sample]], list[str]]:
-    """Create or reopen RUN_DIR: the config, the split and the labels, fixed at the first start."""
+    """Create or reopen RUN_DIR: the config, the split and the labels, fixed at the first start.
+
+    The three are written in that order, each atomically, before any training; a run stopped before the last of
+    them was written has trained nothing, so --resume simply prepares it again from the stored config."""
     run = Path(cfg.out)
     if resume:
         if not (run / "config.json").is_file():
             raise RunError(f"{run}: nothing to resume (no config.json); start a new run without --resume")
-        stored = RunDir.open(run)
+        try:
+            stored_cfg = TrainConfig.load(run / "config.json")
+        except (OSError, ValueError, TypeError) as exc:
+            raise RunError(f"{run / 'config.json'}: unreadable ({exc})") from None
+        stored_cfg.out = str(run)  # the run dir as named now (it may have been moved, or resumed from elsewhere)
+        prepared = all((run / name).is_file() for name in (D.SPLIT_FILE, "labels.txt"))
+        if not prepared and not (run / "state.json").exists():
+            log.warning("%s: stopped before its split was saved; preparing it again", run)
+            return prepare_run(stored_cfg, resume=False)
+        try:
+            stored = RunDir.open(run)
+        except RunDirError as exc:
+            raise RunError(f"{exc}; it cannot be resumed: start a new run in another --out") from None
         log.info("resuming %s", run)
-        return TrainConfig.load(run / "config.json"), run, stored.splits, stored.classes
+        return stored_cfg, run, stored.splits, stored.classes
     if (run / "state.json").exists():
         raise RunError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
     cfg.validate()
+    # the data first: unusable data must not leave an empty run dir behind
+    samples, classes, layout = D.list_samples(cfg.data)
+    if cfg.limit:
+        samples = D.limit_samples(samples, cfg.limit, cfg.seed)
+    try:
+        splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    except D.DataError as exc:
+        raise D.DataError(f"{cfg.data}: {exc}") from None
     try:
         run.mkdir(parents=True, exist_ok=True)
         probe = run / ".write-test"
@@ -131,14 +199,10 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
         probe.unlink()
     except OSError as exc:
         raise RunError(f"{run}: cannot write to the run dir ({exc.strerror})") from None
-    samples, classes, layout = D.list_samples(cfg.data)
-    if cfg.limit:
-        samples = D.limit_samples(samples, cfg.limit, cfg.seed)
-    splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     cfg.extra = {**cfg.extra, "layout": layout, "command": " ".join(sys.argv)}
     cfg.save(run / "config.json")
     D.save_split(run / D.SPLIT_FILE, splits)
-    (run / "labels.txt").write_text(format_labels(classes), encoding="utf-8")
+    _write_text(run / "labels.txt", format_labels(classes))
     for name, items in splits.items():
         log.info("%s: %d images, %d lesions %s", name, len(items), len({s.group for s in items}),
                  D.class_counts(items))
@@ -203,6 +267,10 @@ def _run_phase(
     best = _best_so_far(history_csv) if resume else None
     if not resume and history_csv.exists():
         history_csv.unlink()
+    if resume and best_file.exists() and not _weights_readable(best_file):
+        log.warning("%s: damaged (the run was stopped while writing it); the next epoch writes it again", best_file)
+        best_file.unlink()
+        best = None
     callbacks = [
         ValidationMetrics(*val_xy, num_classes, cfg.batch_size),
         keras.callbacks.BackupAndRestore(str(run / "backup" / phase)),
@@ -226,7 +294,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     cfg, run, splits, classes = prepare_run(cfg, resume)
     keras.utils.set_random_seed(cfg.seed)
     state_path = run / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"phases": {}}
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {"phases": {}}
+        if not isinstance(state, dict) or not isinstance(state.get("phases"), dict):
+            raise ValueError("not a skinedge state file")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"{state_path}: unreadable ({exc}); the run cannot be resumed") from None
     _write_json(state_path, state)
     size = (cfg.img_size, cfg.img_size)
     cache = cache_dir(cfg.to_dict(), run)
@@ -235,9 +308,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if len(y_tr) == 0 or len(y_va) == 0:
         raise RunError(f"{cfg.data}: no readable images in the training or validation split")
     log.info("decoded %d training and %d validation images at %dx%d", len(y_tr), len(y_va), *size)
+    unseen = [c for i, c in enumerate(classes) if not np.any(y_tr == i)]
+    if unseen:
+        log.warning("class(es) %s have no readable training images: the model cannot learn them", ", ".join(unseen))
     weights_path = resolve_weights(cfg.weights, cfg.alpha) if cfg.arch == "mobilenetv2" else None
 
-    float_best: Optional[str] = state.get("float_best")
+    found = _in_run(run, state.get("float_best"))
+    float_best: Optional[str] = str(found) if found else None
     for phase, epochs, lr in phase_plan(cfg):
         done = state["phases"].get(phase, {})
         if done.get("done"):
@@ -246,11 +323,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         start = float_best if phase != "head" else None
         best_file, best = _run_phase(cfg, run, phase, epochs, lr, start, weights_path, (x_tr, y_tr),
                                      (x_va, y_va), len(classes), resume)
-        state["phases"][phase] = {"done": True, "best": best, "weights": str(best_file)}
+        # paths relative to the run dir, so the run can be resumed from any directory or after a move
+        state["phases"][phase] = {"done": True, "best": best, "weights": str(best_file.relative_to(run))}
         if phase != "qat" and best >= max((state["phases"][p]["best"] for p in state["phases"] if p != "qat"),
                                           default=0.0):
             float_best = str(best_file)
-            state["float_best"] = float_best
+            state["float_best"] = str(best_file.relative_to(run))
         shutil.rmtree(run / "backup" / phase, ignore_errors=True)
         _write_json(state_path, state)
     summary = finish(cfg, run, classes, (x_va, y_va), float_best, state)
@@ -265,13 +343,18 @@ def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.nda
     x_va, y_va = val_xy
     metrics: dict[str, Any] = {}
     if float_best:
-        shutil.copyfile(float_best, run / "float.weights.h5")
+        _copy_file(Path(float_best), run / "float.weights.h5")
         model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "float.weights.h5"))
-        model.save(run / "float.keras")
+        tmp = run / "float.tmp.keras"
+        try:
+            model.save(tmp)
+            tmp.replace(run / "float.keras")
+        finally:
+            tmp.unlink(missing_ok=True)
         float_probs = model.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         metrics["float"] = classification_metrics(y_va, float_probs, classes)
     if state["phases"].get("qat", {}).get("done"):
-        shutil.copyfile(state["phases"]["qat"]["weights"], run / "qat.weights.h5")
+        _copy_file(_in_run(run, state["phases"]["qat"]["weights"]), run / "qat.weights.h5")
         qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
         qat_probs = qat.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         ref = float_probs.argmax(1) if float_best else None
