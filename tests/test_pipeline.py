@@ -104,7 +104,7 @@ def test_convert_refuses_a_run_without_qat(tmp_path: Path):
 
     (tmp_path / "run").mkdir()
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "run"), "--out", str(tmp_path / "b")])
-    assert result.exit_code == 1 and "not a finished training run" in result.output
+    assert result.exit_code == 2 and "not a finished training run" in result.output
     assert not (tmp_path / "b").exists()
 
 
@@ -178,7 +178,7 @@ def test_train_refuses_to_overwrite_a_run(mobilenet_run: Path):
 
     result = CliRunner().invoke(main, ["train", str(shared_path("data", "isic9", "Train")), "--out",
                                        str(mobilenet_run), "--weights", "none"])
-    assert result.exit_code == 1 and "--resume" in result.output
+    assert result.exit_code == 2 and "--resume" in result.output
 
 
 def test_cnn_on_ham10000_end_to_end(tmp_path: Path):
