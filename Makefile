@@ -48,7 +48,7 @@ test-device: $(DEVVENV)/.installed
 	SKINEDGE_DEVICE_ONLY=1 $(DEVVENV)/bin/python -m pytest -m "not train" tests
 
 test-train: $(VENV)/.installed
-	SKINEDGE_SHARED=$(SHARED) $(VENV)/bin/python -m pytest -m train tests
+	SKINEDGE_SHARED=$(abspath $(SHARED)) $(VENV)/bin/python -m pytest -m train tests
 
 test: test-device test-train
 

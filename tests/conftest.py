@@ -67,9 +67,14 @@ def colour_files(make_image, colour_frames) -> dict[str, Path]:
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+# resolved once, at start-up: tests change directory and start subprocesses, so a relative $SKINEDGE_SHARED
+# (the Makefile passes ../shared) must not be resolved later
+SHARED_ROOT = Path(os.environ.get("SKINEDGE_SHARED", SHARED)).resolve()
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared (or $SKINEDGE_SHARED). Missing data fails the test: it is not a reason to skip."""
-    root = Path(os.environ.get("SKINEDGE_SHARED", SHARED))
+    root = SHARED_ROOT
     path = root.joinpath(*parts)
     assert path.exists(), f"{path} is missing: the workstation tests read the shared data (set SKINEDGE_SHARED)"
     return path

@@ -164,7 +164,7 @@ def test_resume_continues_an_unfinished_run(mobilenet_run: Path):
     before = (mobilenet_run / "qat.weights.h5").stat().st_mtime_ns
     del state["phases"]["qat"]  # as if the run had been killed during QAT
     state_file.write_text(json.dumps(state))
-    out = _cli("train", "ignored", "--out", str(mobilenet_run), "--resume")
+    out = _cli("train", str(shared_path("data", "isic9", "Train")), "--out", str(mobilenet_run), "--resume")
     assert "qat" in out
     state = json.loads(state_file.read_text())
     assert all(state["phases"][p]["done"] for p in ("head", "finetune", "qat"))
