@@ -10,9 +10,15 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
+from PIL import Image
 from skinedge.cli import main
-from skinedge.device.bench import bench, bench_frame, measure_cold_start, peak_rss_mb, percentiles
+from skinedge.device.bench import (
+    bench,
+    bench_frame,
+    measure_cold_start,
+    peak_rss_mb,
+    percentiles,
+)
 
 LATENCIES = ("invoke_ms", "preprocess_ms", "end_to_end_ms")
 KEYS = {"model", "model_bytes", "runtime", "runtime_version", "threads", "frames", "warmup", "frame_shape", "input",
@@ -139,3 +145,95 @@ def test_cold_start_failure_is_none(tmp_path):
     image = tmp_path / "x.png"
     image.write_bytes(b"not used")
     assert measure_cold_start(tmp_path / "absent", image) is None
+
+
+# -- how close to the hardware: sweep, model statistics, Pi estimate, cold start RSS, imports -----------------
+
+
+def test_bench_frame_is_golden_smooth_noise():
+    from skinedge.device.golden import golden_inputs
+
+    assert np.array_equal(bench_frame(48, 64), golden_inputs(48, 64, n=6, seed=1)[5])
+
+
+def test_model_stats_counts_macs_and_parameters_of_the_tiny_model(bundle_dir):
+    from skinedge.device.bench import model_stats
+    from skinedge.device.classifier import ImageClassifier
+
+    # make_fixtures.py: conv1 3x3x3->8 stride 2 (16x16 out), max pool, conv2 3x3x8->16 (8x8 out), GAP, dense 16->3
+    stats = model_stats(ImageClassifier(bundle_dir).interpreter)
+    assert stats["macs"] == 16 * 16 * 8 * 3 * 3 * 3 + 8 * 8 * 16 * 3 * 3 * 8 + 3 * 16
+    assert stats["params"] == (8 * 27 + 8) + (16 * 72 + 16) + (3 * 16 + 3)  # Keras' count_params(): 1443
+    assert stats["ops"]["CONV_2D"] == 2 and stats["ops"]["FULLY_CONNECTED"] == 1 and "DELEGATE" not in stats["ops"]
+
+
+def test_pi_estimate_scales_published_figures_by_macs():
+    from skinedge.device.bench import MOBILENETV2_224_MACS, pi_estimate
+
+    full, half = pi_estimate(MOBILENETV2_224_MACS), pi_estimate(MOBILENETV2_224_MACS // 2)
+    assert [e["estimate_ms"] for e in full] == [e["ms"] for e in full]
+    assert [e["estimate_ms"] for e in half] == [round(e["ms"] / 2, 2) for e in full]
+    assert all(e["source"].startswith("https://") and e["board"].startswith("Raspberry Pi") for e in full)
+
+
+def test_sweep_json_shape(bundle_dir, fixtures_dir):
+    from skinedge.device.bench import sweep
+
+    other = fixtures_dir / "int8_input.tflite"
+    result = sweep([bundle_dir, other], threads=(1, 2), frames=4, warmup=1)
+    json.dumps(result)  # plain JSON types all the way
+    assert [m["model"] for m in result["models"]] == [str(bundle_dir), str(other)]
+    assert [(r["model"], r["threads"]) for r in result["runs"]] == [
+        (str(bundle_dir), 1), (str(other), 1), (str(bundle_dir), 2), (str(other), 2)]
+    for run in result["runs"]:
+        assert set(run) == {"model", "threads", "bare_invoke_ms", "invoke_ms", "preprocess_ms", "end_to_end_ms",
+                            "fps", "overhead"}
+        assert run["overhead"] == round(run["end_to_end_ms"]["p50"] / run["bare_invoke_ms"]["p50"], 3) > 0
+    (cmp,) = result["comparisons"]
+    assert cmp["model"] == str(bundle_dir) and cmp["against"] == str(other) and set(cmp["speedup_bare_invoke"]) == {
+        "1", "2"}
+    assert cmp["size_ratio"] == round(result["models"][1]["bytes"] / result["models"][0]["bytes"], 2)
+
+
+def test_cold_start_reports_the_child_peak_rss(bundle_dir, tmp_path):
+    from skinedge.device.bench import cold_start
+
+    image = tmp_path / "frame.jpg"
+    Image.fromarray(bench_frame()).save(image)
+    ms, rss = cold_start(bundle_dir, image)
+    assert ms > 0
+    if os.path.exists("/proc/self/status"):
+        assert 10 < rss < 1000  # its own peak, not this test process's (which holds far more)
+
+
+def test_report_and_markdown_of_the_module_cli(bundle_dir, fixtures_dir, capsys):
+    from skinedge.device.bench import main
+
+    main([str(bundle_dir), "--compare", str(fixtures_dir / "int8_input.tflite"), "--threads", "1", "--frames", "3",
+          "--warmup", "1", "--cold-starts", "1", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert {"machine", "date", "sweep", "preprocess", "cold_start", "pi_estimate", "load_average_start",
+            "load_average_end"} <= set(rep)
+    assert rep["cold_start"]["imports"]["tensorflow"] == [] and rep["cold_start"]["imports"]["modules"] > 50
+    assert set(rep["preprocess"]) == {"size", "frame_640x480_ms", "jpeg_640x480", "jpeg_1600x1200"}
+    assert rep["preprocess"]["jpeg_1600x1200"]["decoded_as"][0] < 1600  # JPEG drafted at reduced scale
+    from skinedge.device.bench import markdown
+
+    text = markdown(rep)
+    assert text.count("\n|---|") >= 6 and "overhead" in text and "Raspberry Pi 4" in text
+
+
+# -- the preprocessing fast path the bench measures ---------------------------------------------------------------
+
+
+def test_camera_frame_preprocessing_is_a_box_reduction_of_the_centre_crop():
+    from skinedge.device.preprocess import preprocess
+
+    frame = np.random.default_rng(7).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(frame[:, 80:560]).reduce(3))
+    assert np.array_equal(preprocess(frame, (160, 160)), expected)  # 640x480 -> 160x160: one 3x3 box filter
+    rgbx = np.concatenate([frame, np.full((480, 640, 1), 9, np.uint8)], axis=2)
+    assert np.array_equal(preprocess(rgbx, (160, 160)), expected)  # the 4th byte is skipped, not blended
+    strided = np.zeros((480, 700, 3), np.uint8)
+    strided[:, :640] = frame
+    assert np.array_equal(preprocess(strided[:, :640], (160, 160)), expected)  # a non-contiguous frame
