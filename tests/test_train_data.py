@@ -103,3 +103,23 @@ def test_split_round_trips_through_csv(tmp_path):
     splits = {"train": [D.Sample("a.jpg", "x", "g1")], "val": [D.Sample("b,c.jpg", "y", "g2")], "test": []}
     D.save_split(tmp_path / "split.csv", splits)
     assert D.load_split(tmp_path / "split.csv") == splits
+
+
+def test_byte_identical_copies_share_a_group_even_across_classes(tmp_path, caplog):
+    from skinedge.train import data as D
+
+    root = tmp_path / "data"
+    for i in range(6):
+        _write_jpg(root / "mel" / f"m{i}.jpg", colour=(10 * i, 50, 90))
+        _write_jpg(root / "nv" / f"n{i}.jpg", colour=(200, 10 * i, 30))
+    (root / "nv" / "copy_of_m0.jpg").write_bytes((root / "mel" / "m0.jpg").read_bytes())  # other class, other name
+    (root / "mel" / "m0_again.jpg").write_bytes((root / "mel" / "m0.jpg").read_bytes())  # same class
+    samples, _, _ = D.list_samples(root)
+    group = {Path(s.path).name: s.group for s in samples}
+    assert group["copy_of_m0.jpg"] == group["m0_again.jpg"] == group["m0.jpg"]
+    assert len(set(group.values())) == 12  # every other image is its own group
+    assert "3 images are byte-identical copies" in caplog.text and "mel / nv: 1" in caplog.text
+    for seed in range(5):  # whatever the seed, the three copies land in one split
+        splits = D.split_samples(samples, val_fraction=0.3, test_fraction=0.3, seed=seed)
+        sides = {name for name, items in splits.items() for s in items if s.group == group["m0.jpg"]}
+        assert len(sides) == 1

@@ -7,13 +7,16 @@
 Splits, the decode cache and `Sample` belong to the run-dir contract in skinedge.convert.rundir (conversion reads
 them too); they are imported here so the training code has one data module to use.
 Two layouts are detected automatically: HAM10000 (`HAM10000_metadata.csv` + `images/`, labels from `dx`, grouped by
-`lesion_id`) and a folder per class (`DATA/<class>/*.jpg`, each image its own group). Pixels come from
+`lesion_id`) and a folder per class (`DATA/<class>/*.jpg`, each image its own group, except that byte-identical
+copies share one group, so a copy never sits on the other side of a split; copies filed under two classes are kept,
+with a warning, because the data set's own labels disagree). Pixels come from
 `skinedge.device.preprocess.load_and_preprocess`, the function the device uses, so training sees device pixels.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from collections import Counter
 import os
@@ -136,7 +139,58 @@ def _folder_samples(root: Path) -> list[Sample]:
         samples += [Sample(str(p), label, p.stem) for p in files]
     for entry in unreadable:
         log.warning("cannot read %s; the images in it are left out", entry)
-    return samples
+    return group_copies(samples, root)
+
+
+def _digest(path: str) -> str | None:
+    try:
+        digest = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except OSError:
+        return None  # reported when the image is decoded
+
+
+def group_copies(samples: Sequence[Sample], root: os.PathLike | str = "") -> list[Sample]:
+    """Byte-identical images share the group of the first copy (by path), so no split separates them.
+
+    Only files whose size another file shares are hashed: a folder of distinct images costs one stat each. Copies
+    under two different labels (the ISIC 9-class set files 127 images twice, e.g. as melanoma and as seborrheic
+    keratosis) are kept and logged: which label is right is the data set's question, not ours.
+    """
+    by_size: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        try:
+            by_size.setdefault(os.stat(s.path).st_size, []).append(i)
+        except OSError:
+            pass
+    copies: dict[str, list[int]] = {}
+    for idx in by_size.values():
+        if len(idx) > 1:
+            for i in idx:
+                if (digest := _digest(samples[i].path)) is not None:
+                    copies.setdefault(digest, []).append(i)
+    out = list(samples)
+    conflicting = []
+    for idx in copies.values():
+        if len(idx) < 2:
+            continue
+        first = min(idx, key=lambda i: samples[i].path)
+        for i in idx:
+            out[i] = Sample(samples[i].path, samples[i].label, samples[first].group)
+        if len({samples[i].label for i in idx}) > 1:
+            conflicting.append(idx)
+    n_copies = sum(len(v) for v in copies.values() if len(v) > 1)
+    if n_copies:
+        log.warning("%s: %d images are byte-identical copies of another (%d sets); each set is kept together in "
+                    "one split", root, n_copies, sum(1 for v in copies.values() if len(v) > 1))
+    if conflicting:
+        pairs = Counter(" / ".join(sorted({samples[i].label for i in idx})) for idx in conflicting)
+        log.warning("%s: %d images are each filed under two or more classes (%s); every copy keeps its label",
+                    root, len(conflicting), ", ".join(f"{k}: {v}" for k, v in pairs.most_common()))
+    return out
 
 
 def list_samples(root: os.PathLike | str) -> tuple[list[Sample], list[str], str]:
