@@ -34,12 +34,14 @@ COMMANDS = {
     "train": "skinedge.train.cli:train",
     "convert": "skinedge.convert.cli:convert",
     "compare": "skinedge.train.cli:compare",
+    "card": "skinedge.train.cli:card",
     "device": "skinedge.device.cli:device",
 }
 HELP = {
     "train": "Train a classifier with quantization-aware training (needs skinedge[train]).",
     "convert": "Convert a trained run to a verified full-integer int8 TFLite bundle (needs skinedge[train]).",
     "compare": "Compare float, QAT, int8 TFLite and PTQ models on labelled images (needs skinedge[train]).",
+    "card": "Write a bundle's model card (README.md) from its model.json, a compare report and the run.",
     "device": "Run a bundle on a device: classify images offline, no TensorFlow.",
 }
 

@@ -212,3 +212,29 @@ def _check_compare_inputs(run_dir: Optional[str], bundle: Optional[str], threads
             ImageClassifier(bundle, num_threads=threads)
     except (RunDirError, BundleError, LabelsError) as exc:
         raise InputError(one_line(exc)) from None
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--report", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Report dir of `skinedge compare` for this bundle (its metrics.json).")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="The run dir, for training time and hardware (default: the one model.json names, if present).")
+@click.option("--hardware", help="Describe the training hardware when the run did not record it.")
+def card(bundle: str, report: str, run_dir: Optional[str], hardware: Optional[str]) -> None:
+    """Write BUNDLE/README.md, the model card: commands, data and split, test metrics, operating point, limits.
+
+    \b
+    Example:
+      skinedge compare --run runs/ham --bundle models/ham10000 --out reports/ham
+      skinedge card models/ham10000 --report reports/ham --run runs/ham
+    """
+    from .card import CardError, write_card
+
+    try:
+        out = write_card(bundle, report, run_dir, hardware)
+    except CardError as exc:
+        raise InputError(one_line(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(os_error(exc, bundle)) from None
+    click.echo(f"model card written to {out}")

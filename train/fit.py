@@ -333,8 +333,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         _write_json(state_path, state)
     summary = finish(cfg, run, classes, (x_va, y_va), float_best, state)
     summary["train_seconds"] = round(time.time() - t0, 1)
+    summary["hardware"] = hardware()
     _write_json(run / "summary.json", summary)
     return summary
+
+
+def hardware() -> str:
+    """What this run trained on, for the model card: CPU, cores, OS, Python, and the GPUs TensorFlow sees."""
+    from skinedge.device.bench import machine
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except Exception:  # noqa: BLE001 - details are best effort; the count is what matters
+            names.append(gpu.name)
+    return f"{machine()}; " + (f"{len(gpus)} GPU ({', '.join(names)})" if gpus else "no GPU (CPU only)")
 
 
 def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.ndarray, np.ndarray],

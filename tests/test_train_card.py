@@ -1,0 +1,83 @@
+"""`skinedge card`: the model card is written from recorded figures, atomically, and bad inputs get exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from skinedge.cli import main
+
+CLASSES = ["mel", "nv"]
+
+
+def _metrics(bal: dict[str, float]) -> dict:
+    def variant(b: float) -> dict:
+        return {"balanced_accuracy": b, "accuracy": b + 0.01, "macro_f1": b - 0.01, "roc_auc_macro": 0.9,
+                "size_bytes": 2_500_000, "agreement": 0.995,
+                "per_class": {c: {"precision": 0.7, "recall": b, "support": 10 + i} for i, c in enumerate(CLASSES)},
+                "melanoma": {"class": "mel", "sensitivity": 0.8, "specificity": 0.9,
+                             "flag": {"threshold": 0.2, "sensitivity": 0.875, "specificity": 0.83}}}
+    return {"images": "DATA, the run's test split (21 images)", "classes": CLASSES,
+            "variants": {k: variant(v) for k, v in bal.items()}}
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    bundle, report, run = tmp_path / "models" / "demo", tmp_path / "report", tmp_path / "run"
+    for d in (bundle, report, run):
+        d.mkdir(parents=True)
+    meta = {"name": "demo", "labels": CLASSES, "disclaimer": "not a diagnosis", "intended_use": "research",
+            "input": {"height": 128, "width": 128, "dtype": "uint8", "resize": "center_crop",
+                      "interpolation": "bilinear"},
+            "architecture": {"arch": "mobilenetv2", "alpha": 1.0, "img_size": 128},
+            "quantization": {"method": "QAT", "calibration_images": 200, "tools": {"tensorflow": "2.x"}},
+            "verification": {"images": 50, "top1_agreement_vs_qat_keras": 0.99, "min_agreement": 0.98,
+                             "top1_agreement_xnnpack_vs_reference_kernels": 1.0},
+            "validation": {"melanoma": {"flag": {"sensitivity": 0.9, "specificity": 0.8}}},
+            "flag": {"label": "mel", "threshold": 0.2, "chosen_for": "sensitivity >= 0.95 on the validation split"},
+            "model": {"bytes": 2_500_000, "sha256": "ab" * 32},
+            "data": {"source": "DATA", "layout": "ham10000", "split": "grouped by lesion",
+                     "split_counts": {"train": {"mel": 5, "nv": 9}, "test": {"mel": 10, "nv": 11}}},
+            "training": {"config": {"weights": "imagenet.h5", "epochs": 6, "qat_epochs": 2, "finetune_from": 0.6,
+                                    "extra": {"command": "skinedge train DATA --out run --epochs 6"}},
+                         "run_dir": str(run)}}
+    (bundle / "model.json").write_text(json.dumps(meta))
+    (report / "metrics.json").write_text(json.dumps(_metrics({"float": 0.81, "int8": 0.805, "ptq_int8": 0.7})))
+    (run / "summary.json").write_text(json.dumps({"train_seconds": 1800, "hardware": "test CPU, 2 cores"}))
+    return bundle, report, run
+
+
+def test_card_holds_the_recorded_figures_and_commands(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    assert "skinedge train DATA --out run --epochs 6" in card
+    assert f"skinedge convert {run} --out {bundle} --flag-sensitivity 0.95" in card  # rebuilt from model.json
+    assert "| int8 TFLite (shipped) | 80.5 % |" in card and "| PTQ int8 baseline | 70.0 % |" in card
+    assert "87.5 %" in card and "83.0 %" in card  # the flag's test-split operating point
+    assert "30 min" in card and "test CPU, 2 cores" in card and "| test | 10 | 11 | 21 |" in card
+    assert "not a diagnosis" in card and not list(bundle.glob(".*tmp"))
+
+
+def test_card_hardware_option_fills_what_the_run_did_not_record(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    (run / "summary.json").write_text(json.dumps({"train_seconds": 60}))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run),
+                                       "--hardware", "Xeon, 2 cores"])
+    assert result.exit_code == 0 and "| hardware | Xeon, 2 cores |" in (bundle / "README.md").read_text()
+
+
+def test_card_bad_inputs_exit_2_naming_the_file(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    (report / "metrics.json").write_text(json.dumps({**_metrics({"int8": 0.5}), "classes": ["a", "b"]}))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report)])
+    assert result.exit_code == 2 and "metrics.json" in result.output and "labels" in result.output
+    (report / "metrics.json").write_text("{not json")
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report)])
+    assert result.exit_code == 2 and "metrics.json: unreadable" in result.output
+    (report / "metrics.json").unlink()
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report)])
+    assert result.exit_code == 2 and "metrics.json: not found" in result.output
+    assert not (bundle / "README.md").exists()

@@ -1,0 +1,184 @@
+"""Model cards: a bundle's README.md, written from what the pipeline recorded (no figure is typed by hand).
+
+    skinedge card models/ham10000 --report reports/ham10000 --run runs/ham10000
+    write_card("models/ham10000", "reports/ham10000", "runs/ham10000")   # the same, from Python
+
+The card gathers: model.json (classes, input, quantization, verification, flag rule, data and split, the training
+config with the command as typed), the run's summary.json (training time, hardware) and the report's metrics.json
+(`skinedge compare` on the run's held-out test split: every variant, per class, melanoma operating point). The
+convert and compare commands are rebuilt from the options they recorded. The card is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from skinedge.device.bundle import META_FILE
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "README.md"
+VARIANT_NAMES = {"float": "float Keras", "qat": "QAT Keras (fake-quant)", "int8": "int8 TFLite (shipped)",
+                 "ptq_int8": "PTQ int8 baseline"}
+LIMITATIONS = (
+    "Trained and tested on dermoscopy images only (HAM10000: 200x150 downscaled copies from two sites in Austria "
+    "and Australia; the ISIC 9-class set: 180x180 copies from the ISIC Archive). Phone or Pi-camera photographs "
+    "without a dermatoscope are a different image source; expect lower accuracy on them.",
+    "The training images come mostly from fair-skinned patients; performance on darker skin types is unknown.",
+    "Class balance in the test split follows the data set (HAM10000 is two-thirds nevi); rare classes have few "
+    "test images, so their per-class figures are uncertain by several points.",
+    "Not a diagnosis and not a medical device: a research and triage aid. Any lesion of concern must be examined "
+    "by a qualified clinician.",
+)
+
+
+class CardError(Exception):
+    """A bundle, report or run that cannot make a card (one line naming the file)."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CardError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CardError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise CardError(f"{path}: not a JSON object")
+    return data
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[str]:
+    """The commands that made the bundle: training as typed, the rest rebuilt from their recorded options."""
+    cfg = meta.get("training", {}).get("config", {})
+    train = cfg.get("extra", {}).get("command") or f"skinedge train {cfg.get('data')} --out {run}"
+    ver, flag = meta.get("verification", {}), meta.get("flag") or {}
+    convert = f"skinedge convert {run} --out {bundle}"
+    if ver.get("min_agreement") not in (None, 0.98):
+        convert += f" --min-agreement {ver['min_agreement']}"
+    calib = meta.get("quantization", {}).get("calibration_images")
+    if calib not in (None, 200):
+        convert += f" --calibration-images {calib}"
+    chosen = str(flag.get("chosen_for", ""))
+    if chosen.startswith("sensitivity >= ") and not chosen.startswith("sensitivity >= 0.9 "):
+        convert += f" --flag-sensitivity {chosen.split()[2]}"
+    return [train, convert, f"skinedge compare --run {run} --bundle {bundle} --out {report}",
+            f"skinedge card {bundle} --report {report} --run {run}"]
+
+
+def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict[str, Any]],
+           cmds: list[str], hardware: Optional[str] = None) -> str:
+    """The model card as Markdown."""
+    name, classes = meta.get("name", "model"), meta.get("labels", [])
+    inp, arch, q = meta.get("input", {}), meta.get("architecture", {}), meta.get("quantization", {})
+    cfg = meta.get("training", {}).get("config", {})
+    variants = metrics.get("variants", {})
+    flag = meta.get("flag")
+    seconds = (summary or {}).get("train_seconds")
+    hw = hardware or (summary or {}).get("hardware") or "not recorded by this run"
+    parts = [f"# {name}: {len(classes)}-class skin-lesion classifier (int8 TFLite)",
+             f"> {meta.get('disclaimer', '')}",
+             f"Intended use: {meta.get('intended_use', '')}",
+             "```bash\nskinedge device classify " + f"models/{name} lesion.jpg --json" + "\n```",
+             "## How it was made",
+             "```bash\n" + "\n".join(cmds) + "\n```",
+             _table(["", ""], [
+                 ["architecture", f"{arch.get('arch')} (alpha {arch.get('alpha')}), ImageNet init: "
+                                  f"{cfg.get('weights')}"],
+                 ["input", f"{inp.get('height')}x{inp.get('width')} RGB {inp.get('dtype')}, raw pixels 0-255, "
+                           f"{inp.get('resize')} then {inp.get('interpolation')} resize (skinedge.device.preprocess)"],
+                 ["schedule", f"head {cfg.get('head_epochs')} epochs (lr {cfg.get('lr')}), fine-tuning "
+                              f"{cfg.get('epochs')} epochs (lr/10, top {1 - cfg.get('finetune_from', 0.6):.0%} of the "
+                              f"backbone), QAT {cfg.get('qat_epochs')} epochs (lr/100); batch {cfg.get('batch_size')}, "
+                              f"early stopping patience {cfg.get('patience')}, class imbalance: {cfg.get('balance')}, "
+                              f"label smoothing {cfg.get('label_smoothing')}, seed {cfg.get('seed')}"],
+                 ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
+                                  + ", ".join(f"{k} {v}" for k, v in q.get("tools", {}).items())],
+                 ["training time", f"{seconds / 60:.0f} min" if seconds else "not recorded"],
+                 ["hardware", hw],
+                 ["model file", f"{meta.get('model', {}).get('bytes', 0) / 1e6:.2f} MB, sha256 "
+                                f"{meta.get('model', {}).get('sha256', '')}"],
+             ]),
+             "## Data and split",
+             f"Source: `{meta.get('data', {}).get('source')}` ({meta.get('data', {}).get('layout')} layout). "
+             f"{meta.get('data', {}).get('split', '')}; the test split is never used for training, early stopping "
+             "or choosing the flag threshold.",
+             _table(["split", *classes, "total"], [
+                 [split, *(counts.get(c, 0) for c in classes), sum(counts.values())]
+                 for split, counts in meta.get("data", {}).get("split_counts", {}).items()])]
+
+    parts += ["## Test-split results", f"Evaluated on {metrics.get('images')}."]
+    order = [v for v in ("float", "qat", "int8", "ptq_int8") if v in variants]
+    parts.append(_table(["variant", "balanced accuracy", "accuracy", "macro F1", "ROC-AUC (macro)",
+                         "melanoma flag sens.", "melanoma flag spec.", "top-1 agreement with float", "size"], [
+        [VARIANT_NAMES.get(v, v), _pct(variants[v].get("balanced_accuracy")), _pct(variants[v].get("accuracy")),
+         f"{variants[v].get('macro_f1', 0):.3f}", _fmt(variants[v].get("roc_auc_macro")),
+         _pct(((variants[v].get("melanoma") or {}).get("flag") or {}).get("sensitivity")),
+         _pct(((variants[v].get("melanoma") or {}).get("flag") or {}).get("specificity")),
+         _pct(variants[v].get("agreement")), f"{variants[v].get('size_bytes', 0) / 1e6:.2f} MB"]
+        for v in order]))
+    if "int8" in variants:
+        rows = []
+        for c in classes:
+            row = [c]
+            for v in ("float", "int8"):
+                pc = variants.get(v, {}).get("per_class", {}).get(c, {})
+                row += [_pct(pc.get("precision")), _pct(pc.get("recall"))]
+            rows.append(row + [variants["int8"].get("per_class", {}).get(c, {}).get("support", "")])
+        parts += ["Per class (precision / recall):",
+                  _table(["class", "float precision", "float recall", "int8 precision", "int8 recall", "test images"],
+                         rows)]
+    if flag:
+        mel = (variants.get("int8") or {}).get("melanoma") or {}
+        val = (meta.get("validation", {}).get("melanoma") or {}).get("flag") or {}
+        parts += ["## Melanoma flag (operating point)",
+                  f"`flag` is true when P({flag['label']}) >= {flag['threshold']} (chosen for "
+                  f"{flag.get('chosen_for')}). On validation: sensitivity {_pct(val.get('sensitivity'))}, "
+                  f"specificity {_pct(val.get('specificity'))}. On the test split (int8): sensitivity "
+                  f"{_pct((mel.get('flag') or {}).get('sensitivity'))}, specificity "
+                  f"{_pct((mel.get('flag') or {}).get('specificity'))}."]
+    ver = meta.get("verification", {})
+    parts += ["## Conversion check",
+              f"int8 TFLite against the QAT Keras model on {ver.get('images')} validation images: top-1 agreement "
+              f"{_pct(ver.get('top1_agreement_vs_qat_keras'))} (gate {ver.get('min_agreement')}), XNNPACK against "
+              f"the reference kernels {_pct(ver.get('top1_agreement_xnnpack_vs_reference_kernels'))}."]
+    parts += ["## Limitations", "\n".join(f"- {text}" for text in LIMITATIONS)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Optional[os.PathLike | str] = None,
+               hardware: Optional[str] = None) -> Path:
+    """Write BUNDLE/README.md from the bundle, the compare report and (optionally) the run; returns its path."""
+    bundle, report = Path(bundle), Path(report)
+    meta = _read_json(bundle / META_FILE)
+    metrics = _read_json(report / "metrics.json")
+    if metrics.get("classes") != meta.get("labels"):
+        raise CardError(f"{report / 'metrics.json'}: its classes are not the bundle's labels ({bundle / META_FILE})")
+    run_path = Path(run) if run else Path(meta.get("training", {}).get("run_dir", ""))
+    summary = _read_json(run_path / "summary.json") if run and (run_path / "summary.json").exists() else None
+    if run and summary is None:
+        raise CardError(f"{run_path / 'summary.json'}: not found (is the run finished?)")
+    text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path)), hardware)
+    out = bundle / CARD_FILE
+    tmp = bundle / f".{CARD_FILE}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)  # a reader never sees half a card
+    log.info("model card written to %s", out)
+    return out
