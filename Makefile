@@ -1,5 +1,5 @@
 # skinedge: the two set-up commands of the README, and their parts.
-#   make demo   install the workstation environment and run train -> convert -> compare -> classify (minutes, CPU)
+#   make demo   install the workstation environment and run train -> convert -> compare -> card -> classify (minutes)
 #   make test   install both environments and run the tests (device tests in an environment without TensorFlow)
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -41,6 +41,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/skinedge train $(DATA) --out $(RUN) --weights $(WEIGHTS) $(TRAIN_ARGS)
 	$(VENV)/bin/skinedge convert $(RUN) --out $(BUNDLE) $(CONVERT_ARGS)
 	$(VENV)/bin/skinedge compare --run $(RUN) --bundle $(BUNDLE) --out $(REPORT)
+	$(VENV)/bin/skinedge card $(BUNDLE) --report $(REPORT) --run $(RUN)
 	awk -F, '$$1=="test"{print $$2}' $(RUN)/split.csv | head -5 | xargs -d '\n' $(VENV)/bin/skinedge device classify $(BUNDLE)
 
 # The device tests run where TensorFlow is not installed at all (SKINEDGE_DEVICE_ONLY=1 makes them check that).
