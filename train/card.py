@@ -65,6 +65,9 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[s
     """The commands that made the bundle: training as typed, the rest rebuilt from their recorded options."""
     cfg = meta.get("training", {}).get("config", {})
     train = cfg.get("extra", {}).get("command") or f"skinedge train {cfg.get('data')} --out {run}"
+    head, _, rest = train.partition(" train ")
+    if rest and head.endswith("/skinedge"):  # runs made before commands were recorded as `skinedge ...`
+        train = f"skinedge train {rest}"
     ver, flag = meta.get("verification", {}), meta.get("flag") or {}
     convert = f"skinedge convert {run} --out {bundle}"
     if ver.get("min_agreement") not in (None, 0.98):
@@ -95,6 +98,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
              "```bash\nskinedge device classify " + f"models/{name} lesion.jpg --json" + "\n```",
              "## How it was made",
              "```bash\n" + "\n".join(cmds) + "\n```",
+             "Paths are those of the machine that made the model (there `../shared` was the data folder).",
              _table(["", ""], [
                  ["architecture", f"{arch.get('arch')} (alpha {arch.get('alpha')}), ImageNet init: "
                                   f"{cfg.get('weights')}"],
@@ -130,6 +134,12 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
          _pct(((variants[v].get("melanoma") or {}).get("flag") or {}).get("specificity")),
          _pct(variants[v].get("agreement")), f"{variants[v].get('size_bytes', 0) / 1e6:.2f} MB"]
         for v in order]))
+    if "int8" in variants and "float" in variants:
+        def gap(v: str) -> str:
+            drop = 100 * (variants[v]["balanced_accuracy"] - variants["float"]["balanced_accuracy"])
+            return f"balanced accuracy {drop:+.1f} points, top-1 agreement {_pct(variants[v].get('agreement'))}"
+        parts.append(f"int8 against float: {gap('int8')}."
+                     + (f" PTQ baseline against float: {gap('ptq_int8')}." if "ptq_int8" in variants else ""))
     if "int8" in variants:
         rows = []
         for c in classes:

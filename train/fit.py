@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -199,7 +200,9 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
         probe.unlink()
     except OSError as exc:
         raise RunError(f"{run}: cannot write to the run dir ({exc.strerror})") from None
-    cfg.extra = {**cfg.extra, "layout": layout, "command": " ".join(sys.argv)}
+    # the command as a user would retype it: `skinedge` rather than the path of whichever script launched it
+    argv = ["skinedge", *sys.argv[1:]] if Path(sys.argv[0]).name in ("skinedge", "__main__.py") else sys.argv
+    cfg.extra = {**cfg.extra, "layout": layout, "command": shlex.join(argv)}
     cfg.save(run / "config.json")
     D.save_split(run / D.SPLIT_FILE, splits)
     _write_text(run / "labels.txt", format_labels(classes))
