@@ -120,12 +120,93 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs[model.layers[-1].name], name=model.name)
 
 
-def quantize_model(model: keras.Model) -> keras.Model:
-    """The quantization-aware version of a float model (batch norm folded first; weights carried over)."""
+class PerChannelWeights(tfmot.quantization.keras.quantizers.Quantizer):
+    """Symmetric per-channel int8 fake quantization of a conv kernel, as the TFLite converter quantizes it:
+    scale = max|w| / 127 for each output channel (the last axis of a Conv2D kernel; for a DepthwiseConv2D kernel
+    (h, w, in, multiplier) every in x multiplier channel). No variables: the range is read from the weights at
+    every step, so checkpoints are the same with and without it."""
+
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> dict:
+        # tfmot passes the QuantizeWrapper here, not the layer it wraps
+        self.conv = not isinstance(getattr(layer, "layer", layer), keras.layers.DepthwiseConv2D)
+        return {}
+
+    def __call__(self, inputs: Any, training: Any, weights: dict, **kwargs: Any) -> Any:
+        h, w, c_in, c_out = inputs.shape  # static: kernels have known shapes
+        # a 4-D tensor with the channels last, as the per-channel op wants (depthwise: in x multiplier channels)
+        flat = inputs if self.conv else tf.reshape(inputs, (h, w, 1, c_in * c_out))
+        bound = tf.maximum(tf.stop_gradient(tf.reduce_max(tf.abs(flat), axis=[0, 1, 2])), 1e-8)
+        fq = tf.quantization.fake_quant_with_min_max_vars_per_channel(flat, -bound, bound, num_bits=8,
+                                                                     narrow_range=True)
+        return tf.reshape(fq, (h, w, c_in, c_out))
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class ConvBeforeReLU(tfmot.quantization.keras.QuantizeConfig):
+    """A conv whose output goes straight into a ReLU: fake-quantize its kernel; its output stays float, because
+    the converter fuses conv and ReLU and quantizes once, after the ReLU (whose own config does that)."""
+
+    def get_weights_and_quantizers(self, layer: Any) -> list:
+        attr = "depthwise_kernel" if isinstance(layer, keras.layers.DepthwiseConv2D) else "kernel"
+        return [(getattr(layer, attr), PerChannelWeights())]
+
+    def get_activations_and_quantizers(self, layer: Any) -> list:
+        return []
+
+    def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
+        attr = "depthwise_kernel" if isinstance(layer, keras.layers.DepthwiseConv2D) else "kernel"
+        setattr(layer, attr, quantize_weights[0])
+
+    def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
+        pass
+
+    def get_output_quantizers(self, layer: Any) -> list:
+        return []
+
+    def get_config(self) -> dict:
+        return {}
+
+
+# Subclasses under other names: tfmot's LayerReLUQuantize transform matches the class names Conv2D and
+# DepthwiseConv2D followed by a ReLU and gives the conv a no-op config, dropping its *weight* quantization too.
+# After batch-norm folding that is every conv but the projections, so QAT would train float weights that the
+# converter then rounds to int8 unseen. Renamed, the pattern does not match and ConvBeforeReLU applies.
+class ReLUConv2D(keras.layers.Conv2D):
+    pass
+
+
+class ReLUDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    pass
+
+
+QAT_OBJECTS = {"PerChannelWeights": PerChannelWeights, "ConvBeforeReLU": ConvBeforeReLU,
+               "ReLUConv2D": ReLUConv2D, "ReLUDepthwiseConv2D": ReLUDepthwiseConv2D}
+
+
+def quantize_model(model: keras.Model, relu_conv_weights: bool = True) -> keras.Model:
+    """The quantization-aware version of a float model (batch norm folded first; weights carried over).
+
+    `relu_conv_weights=False` builds the layout of runs made before convs followed by a ReLU had their weights
+    fake-quantized (tfmot's no-op config there), so their QAT checkpoints still load."""
     model = fold_batchnorm(model)
-    annotated = keras.models.clone_model(model, clone_function=_annotate)
+    before_relu = set() if not relu_conv_weights else {
+        layer.name for layer in model.layers
+        if type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D) and len(layer.outbound_nodes) == 1
+        and isinstance(layer.outbound_nodes[0].outbound_layer, keras.layers.ReLU)
+    }
+
+    def annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if layer.name in before_relu:
+            cls = ReLUDepthwiseConv2D if isinstance(layer, keras.layers.DepthwiseConv2D) else ReLUConv2D
+            return tfmot.quantization.keras.quantize_annotate_layer(cls.from_config(layer.get_config()),
+                                                                    quantize_config=ConvBeforeReLU())
+        return _annotate(layer)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
     annotated.set_weights(model.get_weights())
-    with tfmot.quantization.keras.quantize_scope():
+    with tfmot.quantization.keras.quantize_scope(QAT_OBJECTS):
         return tfmot.quantization.keras.quantize_apply(annotated)
 
 
@@ -212,5 +293,15 @@ def load_float_model(arch: str, num_classes: int, img_size: int, alpha: float, w
 def load_qat_model(arch: str, num_classes: int, img_size: int, alpha: float, weights_file: str) -> keras.Model:
     """Rebuild the QAT graph from code and load its weights (no deserialised code: safe by construction)."""
     qat = quantize_model(build_model(arch, num_classes, img_size, alpha, weights_path=None))
-    qat.load_weights(weights_file)
+    try:
+        qat.load_weights(weights_file)
+    except ValueError as exc:
+        if "variables during loading" not in str(exc):
+            raise
+        # a run trained before ReLU-fed convs had their weights fake-quantized: its checkpoint lists each such
+        # layer's variables once fewer; rebuild that layout (the same weights, float kernels in those layers)
+        log.warning("%s: QAT weights of an earlier layout (conv weights before ReLUs not fake-quantized)",
+                    weights_file)
+        qat = quantize_model(build_model(arch, num_classes, img_size, alpha, weights_path=None), False)
+        qat.load_weights(weights_file)
     return qat

@@ -76,6 +76,36 @@ def test_batchnorm_folding_is_exact():
     np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 
 
+def test_qat_fake_quantizes_the_weights_of_convs_before_relus_per_channel(tmp_path, caplog):
+    """tfmot's LayerReLUQuantize gives a conv followed by a ReLU a no-op config (no weight quantization); after
+    batch-norm folding that is most of MobileNetV2, and the int8 model then ran weights QAT never saw."""
+    from skinedge.convert.tfcompat import keras
+    from skinedge.convert.model import (ConvBeforeReLU, PerChannelWeights, build_model, load_qat_model,
+                                        quantize_model)
+
+    qat = quantize_model(build_model("mobilenetv2", 3, 32, alpha=0.35))
+    convs = [layer for layer in qat.layers if isinstance(getattr(layer, "layer", None),
+                                                         (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    assert convs and all(type(layer.quantize_config).__name__ != "NoOpQuantizeConfig" for layer in convs)
+    depthwise = next(layer for layer in convs if isinstance(layer.layer, keras.layers.DepthwiseConv2D))
+    assert isinstance(depthwise.quantize_config, ConvBeforeReLU)
+    # per channel: a channel 1000x smaller than the others keeps its own 8-bit grid (per tensor it would be zeroed)
+    quantizer = PerChannelWeights()
+    quantizer.build(depthwise.layer.depthwise_kernel.shape, "k", depthwise)
+    kernel = np.random.default_rng(0).normal(size=depthwise.layer.depthwise_kernel.shape).astype(np.float32)
+    kernel[:, :, 0, :] *= 1e-3
+    fq = quantizer(kernel, False, {}).numpy()
+    assert np.abs(fq[:, :, 0] - kernel[:, :, 0]).max() <= np.abs(kernel[:, :, 0]).max() / 127 / 2 + 1e-9
+    assert 0 < len(np.unique(np.round(fq[:, :, 1] / (np.abs(kernel[:, :, 1]).max() / 127), 4))) <= 255
+    # a run trained before this change (convs before ReLUs without weight quantizers) still loads
+    legacy = quantize_model(build_model("mobilenetv2", 3, 32, alpha=0.35), relu_conv_weights=False)
+    legacy.save_weights(tmp_path / "qat.weights.h5")
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    loaded = load_qat_model("mobilenetv2", 3, 32, 0.35, str(tmp_path / "qat.weights.h5"))
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), legacy.predict(x, verbose=0), atol=1e-6)
+    assert "earlier layout" in caplog.text
+
+
 @pytest.mark.parametrize("args", [
     ["--epochs", "-1"], ["--img-size", "0"], ["--batch-size", "0"], ["--arch", "resnet"], ["--weights", "nope.h5"],
 ])
