@@ -83,7 +83,7 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[s
 
 
 def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict[str, Any]],
-           cmds: list[str], hardware: Optional[str] = None) -> str:
+           cmds: list[str], hardware: Optional[str] = None, train_time: Optional[str] = None) -> str:
     """The model card as Markdown."""
     name, classes = meta.get("name", "model"), meta.get("labels", [])
     inp, arch, q = meta.get("input", {}), meta.get("architecture", {}), meta.get("quantization", {})
@@ -111,7 +111,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                               f"label smoothing {cfg.get('label_smoothing')}, seed {cfg.get('seed')}"],
                  ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
                                   + ", ".join(f"{k} {v}" for k, v in q.get("tools", {}).items())],
-                 ["training time", f"{seconds / 60:.0f} min" if seconds else "not recorded"],
+                 ["training time", train_time or (f"{seconds / 60:.0f} min" if seconds else "not recorded")],
                  ["hardware", hw],
                  ["model file", f"{meta.get('model', {}).get('bytes', 0) / 1e6:.2f} MB, sha256 "
                                 f"{meta.get('model', {}).get('sha256', '')}"],
@@ -174,7 +174,7 @@ def _fmt(x: Optional[float]) -> str:
 
 
 def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Optional[os.PathLike | str] = None,
-               hardware: Optional[str] = None) -> Path:
+               hardware: Optional[str] = None, train_time: Optional[str] = None) -> Path:
     """Write BUNDLE/README.md from the bundle, the compare report and (optionally) the run; returns its path."""
     bundle, report = Path(bundle), Path(report)
     meta = _read_json(bundle / META_FILE)
@@ -185,7 +185,8 @@ def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Option
     summary = _read_json(run_path / "summary.json") if run and (run_path / "summary.json").exists() else None
     if run and summary is None:
         raise CardError(f"{run_path / 'summary.json'}: not found (is the run finished?)")
-    text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path)), hardware)
+    text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path)), hardware,
+                  train_time)
     out = bundle / CARD_FILE
     tmp = bundle / f".{CARD_FILE}.tmp"
     tmp.write_text(text, encoding="utf-8")

@@ -221,7 +221,9 @@ def _check_compare_inputs(run_dir: Optional[str], bundle: Optional[str], threads
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=str),
               help="The run dir, for training time and hardware (default: the one model.json names, if present).")
 @click.option("--hardware", help="Describe the training hardware when the run did not record it.")
-def card(bundle: str, report: str, run_dir: Optional[str], hardware: Optional[str]) -> None:
+@click.option("--train-time", help="Describe the training time when the run's figure is partial (it counts the "
+                                   "last process only, e.g. after --resume).")
+def card(bundle: str, report: str, run_dir: Optional[str], hardware: Optional[str], train_time: Optional[str]) -> None:
     """Write BUNDLE/README.md, the model card: commands, data and split, test metrics, operating point, limits.
 
     \b
@@ -232,7 +234,7 @@ def card(bundle: str, report: str, run_dir: Optional[str], hardware: Optional[st
     from .card import CardError, write_card
 
     try:
-        out = write_card(bundle, report, run_dir, hardware)
+        out = write_card(bundle, report, run_dir, hardware, train_time)
     except CardError as exc:
         raise InputError(one_line(exc)) from None
     except OSError as exc:
