@@ -108,6 +108,17 @@ def measure_cold_start(model: PathLike, image: PathLike, extra_args: tuple[str, 
     return cold_start(model, image, extra_args, timeout_s)[0]
 
 
+def _time_classify(clf: ImageClassifier, frame: np.ndarray, n: int, invoke: list[float], prep: list[float],
+                   e2e: list[float]) -> None:
+    """Classify `frame` n times, appending end-to-end ms and the classifier's own invoke/preprocess split."""
+    for _ in range(n):
+        t0 = time.perf_counter()
+        clf.classify(frame)
+        e2e.append((time.perf_counter() - t0) * 1e3)
+        invoke.append(clf.last_timing["invoke_ms"])
+        prep.append(clf.last_timing["preprocess_ms"])
+
+
 def bench(
     model: PathLike, threads: int = 1, frames: int = 100, warmup: int = 10,
     labels_path: Optional[PathLike] = None, mean: Optional[float] = None, std: Optional[float] = None,
@@ -123,12 +134,7 @@ def bench(
         clf.classify(frame)
     invoke, prep, e2e = [], [], []
     start = time.perf_counter()
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        clf.classify(frame)
-        e2e.append((time.perf_counter() - t0) * 1e3)
-        invoke.append(clf.last_timing["invoke_ms"])
-        prep.append(clf.last_timing["preprocess_ms"])
+    _time_classify(clf, frame, frames, invoke, prep, e2e)
     total_s = time.perf_counter() - start
     rss = peak_rss_mb()  # before the cold-start child: its memory is not ours
 
@@ -174,12 +180,7 @@ def overhead(clf: ImageClassifier, frame: np.ndarray, frames: int = 200, warmup:
             t0 = time.perf_counter()
             clf.interpreter.invoke()
             bare.append((time.perf_counter() - t0) * 1e3)
-        for _ in range(n):
-            t0 = time.perf_counter()
-            clf.classify(frame)
-            e2e.append((time.perf_counter() - t0) * 1e3)
-            invoke.append(clf.last_timing["invoke_ms"])
-            prep.append(clf.last_timing["preprocess_ms"])
+        _time_classify(clf, frame, n, invoke, prep, e2e)
     out = {"bare_invoke_ms": percentiles(bare), "invoke_ms": percentiles(invoke), "preprocess_ms": percentiles(prep),
            "end_to_end_ms": percentiles(e2e), "fps": round(1e3 * frames / sum(e2e), 1)}
     out["overhead"] = round(out["end_to_end_ms"]["p50"] / out["bare_invoke_ms"]["p50"], 3)

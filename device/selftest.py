@@ -13,7 +13,6 @@ any other check fails, else 0.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .bundle import BundleError, ModelSource, load_model_source, read_golden
+from .bundle import BundleError, ModelSource, load_model_source, read_golden, sha256_file
 from .golden import GOLDEN_THREADS, check_golden, expected_inputs
 from .labels import LabelsError
 from .runtime import Runtime, find_interpreter_class, load_interpreter
@@ -163,7 +162,7 @@ def check_golden_data(source: ModelSource, rt: Runtime, mean: Optional[float] = 
         why = "a bare .tflite" if source.meta is None else "a bundle made before golden outputs"
         return [Check("golden_file", SKIP, f"no golden.npz ({why})"), Check("golden_outputs", SKIP, "no golden file")]
     problems = []
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if isinstance(info, dict) and info.get("sha256") and info["sha256"] != digest:
         problems.append(f"sha256 {digest[:12]}… does not match model.json ({str(info['sha256'])[:12]}…)")
     try:

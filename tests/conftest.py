@@ -95,3 +95,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).name.startswith(WORKSTATION_TESTS):
             item.add_marker(pytest.mark.train)
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> str:
+    """Exit `code`, no traceback, and exactly one non-empty line on stderr that starts with Error: and names
+    what went wrong (click's usage errors add their Usage/Try lines before it)."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not line.startswith(("Usage:", "Try '"))]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("Error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

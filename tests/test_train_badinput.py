@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TEST_COLOURS
+from conftest import TEST_COLOURS, assert_one_line_error
 
 LABELS = ["akiec", "mel", "nv"]
 
@@ -29,20 +29,6 @@ def cli(*args) -> "click.testing.Result":
     from skinedge.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, code: int, *fragments: str) -> str:
-    """Exit `code`, no traceback, and exactly one non-empty line on stderr that starts with Error: and names
-    what went wrong (click's usage errors add their Usage/Try lines before it)."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and not line.startswith(("Usage:", "Try '"))]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("Error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def noisy_image(path: Path, colour, size=(36, 28), seed: int = 0) -> Path:

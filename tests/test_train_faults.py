@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import TEST_COLOURS, shared_path
+from conftest import TEST_COLOURS, assert_one_line_error, shared_path
 
 TRAIN_ARGS = ["--arch", "cnn", "--weights", "none", "--img-size", "32", "--limit", "80", "--epochs", "8",
               "--qat-epochs", "2", "--batch-size", "4", "--patience", "50", "--seed", "7"]
@@ -32,18 +32,6 @@ def cli(*args, **kwargs):
     from skinedge.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], **kwargs)
-
-
-def assert_one_line_error(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and not line.startswith(("Usage:", "Try '"))]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("Error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

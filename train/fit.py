@@ -345,9 +345,9 @@ def hardware() -> str:
     """What this run trained on, for the model card: CPU, cores, OS, Python, and the GPUs TensorFlow sees."""
     from skinedge.device.bench import machine
 
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    gpus = tf.config.list_physical_devices("GPU")
     names = []
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for gpu in gpus:
         try:
             names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
         except Exception:  # noqa: BLE001 - details are best effort; the count is what matters
