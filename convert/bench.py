@@ -13,8 +13,8 @@ pixels); the head is untrained, which does not change speed or size. Written to 
 - int8_bundle/: the same int8 model as a bundle (labels, model.json with sha256, golden outputs), so the device
   benchmark also exercises the bundle path `device classify` takes (metadata checks, sha256).
 - models.json: sizes, the size ratio and how they were made.
-Both .tflite files carry their labels and input spec (raw pixels: mean 0, std 1) like a bundle's model, so the
-device tools run them with no extra flags.
+Both .tflite files carry their labels and input spec like a bundle's model (float32: raw pixels, mean 0, std 1;
+int8: mean 128, std 127.5, which its input quantization undoes), so the device tools run them with no extra flags.
 """
 
 from __future__ import annotations
@@ -34,7 +34,13 @@ from skinedge.device.golden import make_golden
 from skinedge.device.preprocess import is_image_path, load_and_preprocess
 
 from .export import to_int8_tflite
-from .model import build_model, calibrate_qat_ranges, quantize_model, set_phase
+from .model import (
+    build_model,
+    calibrate_qat_ranges,
+    input_normalization,
+    quantize_model,
+    set_phase,
+)
 from .tfcompat import keras, tf
 
 log = logging.getLogger(__name__)
@@ -83,7 +89,8 @@ def build_pair(out: os.PathLike | str, img_size: int = 160, alpha: float = 1.0, 
     calibrate_qat_ranges(qat, x)
     int8 = to_int8_tflite(qat, x[:100])
     int8_s = time.perf_counter() - t0
-    int8_spec = {**spec, "dtype": "uint8"}
+    mean, std = input_normalization(qat)  # the int8 model's rescale is its input quantization
+    int8_spec = {**spec, "dtype": "uint8", "mean": mean, "std": std}
     (out / "int8.tflite").write_bytes(embed_metadata(int8, labels, int8_spec))
     meta = {"name": "bench-mobilenetv2", "architecture": {"arch": "mobilenetv2", "alpha": alpha, "img_size": img_size},
             "note": "benchmark model: ImageNet backbone, untrained 7-class head (speed and size only)"}

@@ -43,7 +43,10 @@ def build_model(
     if arch == "cnn":
         x = _cnn(inputs, num_classes)
     elif arch == "mobilenetv2":
-        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+        # (p - 128) / 127.5 rather than MobileNetV2's p / 127.5 - 1 (0.4 % of a grey level apart): every uint8
+        # pixel then lands exactly on the int8 grid of the converted model's input (scale 1/127.5, zero point
+        # 128), so int8 sees the very pixels QAT saw; with -1 each pixel sat half a step between two int8 values
+        x = keras.layers.Rescaling(1 / 127.5, offset=-128 / 127.5, name="rescale")(inputs)
         backbone = keras.applications.MobileNetV2(
             input_tensor=x, include_top=False, alpha=alpha, weights=weights_path,
             input_shape=(img_size, img_size, 3),
@@ -55,6 +58,16 @@ def build_model(
     x = keras.layers.Dropout(dropout, name=HEAD_PREFIX + "dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_PREFIX + "probs")(x)
     return keras.Model(inputs, outputs, name=f"skinedge_{arch}")
+
+
+def input_normalization(model: keras.Model) -> tuple[float, float]:
+    """(mean, std) such that the network proper sees (pixel - mean) / std: read from the model's rescale layer."""
+    try:
+        layer = model.get_layer("rescale")
+    except ValueError:
+        return 0.0, 1.0  # no rescale: the network takes raw pixels
+    scale, offset = float(layer.scale), float(layer.offset)
+    return round(-offset / scale, 6), round(1 / scale, 6)
 
 
 def _annotate(layer: keras.layers.Layer) -> keras.layers.Layer:

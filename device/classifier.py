@@ -7,8 +7,8 @@
     clf.flagged(clf.last_probabilities)            # melanoma flag rule of the bundle, if it has one
 
 Works with any single-input image-classification TFLite model: uint8, int8 or float32 input (quantization read
-from the input tensor; float normalisation from the bundle spec or `mean`/`std`), quantized or float outputs,
-logits or probabilities.
+from the input tensor; the normalisation (pixel - mean) / std from the bundle spec or `mean`/`std`), quantized
+or float outputs, logits or probabilities.
 """
 
 from __future__ import annotations
@@ -159,15 +159,24 @@ class ImageClassifier:
 
         spec = self.source.spec
         _check_spec_matches(spec, self.input_size, self.source)
-        self.mean = _finite(mean if mean is not None else spec.get("mean", DEFAULT_FLOAT_MEAN), "mean", path)
-        self.std = _finite(std if std is not None else spec.get("std", DEFAULT_FLOAT_STD), "std", path)
+        # The model's real-valued input is (pixel - mean) / std. Integer inputs without a spec take the pixels as
+        # they are (mean 0, std 1), so their own quantization alone maps pixels to the network's range.
+        floating = self.input_dtype == np.float32
+        self.mean = _finite(mean if mean is not None else spec.get("mean", DEFAULT_FLOAT_MEAN if floating else 0.0),
+                            "mean", path)
+        self.std = _finite(std if std is not None else spec.get("std", DEFAULT_FLOAT_STD if floating else 1.0),
+                           "std", path)
         if self.std == 0:
             raise BundleError(f"{path}: normalisation std must not be 0")
         if self.input_dtype == np.float32 and "mean" not in spec and mean is None:
             log.info("%s: float input with no normalisation in its metadata; using (x - %g) / %g",
                      path, self.mean, self.std)
-        # raw uint8 pixels go straight in when the input quantization is the identity (our bundles)
-        self._identity_input = self.input_dtype == np.uint8 and self.input_scale == 1.0 and self.input_zero_point == 0
+        # Raw uint8 pixels go straight in when normalising and quantizing them gives them back: our bundles fold
+        # the rescale into the input quantization (scale 1/std, zero point mean), so pixel p already means
+        # (p - mean) / std. The tolerance covers the float32 rounding of the stored scale.
+        self._identity_input = (self.input_dtype == np.uint8 and self.input_scale > 0
+                                and abs(self.std * self.input_scale - 1.0) < 1e-6
+                                and abs(self.mean - self.input_zero_point) < 1e-6)
         self.output_is_probabilities: Optional[bool] = {"probabilities": True, "logits": False}.get(
             str(spec.get("output", "")) or "", None
         )
@@ -188,7 +197,8 @@ class ImageClassifier:
         if self._identity_input:
             return pixels
         # one float32 buffer, reused for every frame (set_tensor copies it); the same float32 arithmetic as
-        # (pixels.astype(float32) - mean) / std and round(x / scale + zero_point), without per-frame temporaries
+        # x = (pixels.astype(float32) - mean) / std, then round(x / scale + zero_point) for integer inputs,
+        # without per-frame temporaries
         buf = getattr(self, "_input_buffer", None)
         if buf is None or buf.shape != pixels.shape:
             buf = self._input_buffer = np.empty(pixels.shape, np.float32)
@@ -198,6 +208,9 @@ class ImageClassifier:
             np.divide(buf, np.float32(self.std), out=buf)
             return buf
         info = np.iinfo(self.input_dtype)
+        if self.mean or self.std != 1.0:
+            np.subtract(buf, np.float32(self.mean), out=buf)
+            np.divide(buf, np.float32(self.std), out=buf)
         if self.input_scale:
             np.divide(buf, np.float32(self.input_scale), out=buf)
             np.add(buf, np.float32(self.input_zero_point), out=buf)

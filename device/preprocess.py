@@ -4,7 +4,8 @@
     pixels = load_and_preprocess("lesion.jpg", (224, 224))   # uint8 array (224, 224, 3), RGB
     pixels = preprocess(camera_frame, (224, 224))            # the same for an RGB uint8 frame
 
-The model receives raw RGB uint8 pixels; any scaling to the network's range lives inside the model. The geometry is
+The model receives raw RGB uint8 pixels; any scaling to the network's range lives inside the model (for an int8
+bundle, in its input quantization). The geometry is
 a centre crop to the model's aspect ratio followed by a bilinear (antialiased) resize, done in one Pillow call so
 only the cropped region is resampled. JPEG files are decoded at a reduced scale (`Image.draft`) when that still
 leaves at least the target resolution: training reads its images through this same function, so the device sees

@@ -344,3 +344,22 @@ def test_cli_no_images_found(bundle_dir, tmp_path):
 def test_cli_requires_paths(bundle_dir):
     result = run_cli(bundle_dir)
     assert result.exit_code == 2 and "Missing argument" in result.stderr
+
+
+def test_integer_input_model_applies_the_normalisation(fixtures_dir, colour_frames):
+    # the model's real-valued input is (pixel - mean) / std for integer inputs too (then quantized with the
+    # tensor's own scale and zero point): mean 255, std -1 feeds the colour negative of every frame
+    plain = ImageClassifier(fixtures_dir / "int8_input.tflite", labels_path=fixtures_dir / "labels3.txt")
+    negative = ImageClassifier(fixtures_dir / "int8_input.tflite", labels_path=fixtures_dir / "labels3.txt",
+                               mean=255.0, std=-1.0)
+    for frame in [*colour_frames.values(), *grey_and_mixed_frames()]:
+        negative.classify(frame)
+        plain.classify(255 - frame)
+        assert np.array_equal(negative.last_probabilities, plain.last_probabilities)
+
+
+def test_uint8_pixels_go_in_unchanged_only_when_the_quantization_undoes_the_normalisation(fixtures_dir):
+    bundle = ImageClassifier(fixtures_dir / "tiny_bundle")  # scale 1, zero point 0, spec mean 0, std 1
+    assert bundle._identity_input
+    assert not ImageClassifier(fixtures_dir / "tiny_bundle", mean=1.0)._identity_input
+    assert not ImageClassifier(fixtures_dir / "tiny_bundle", std=2.0)._identity_input

@@ -79,8 +79,10 @@ def test_bundle_is_full_integer_and_self_describing(mobilenet_bundle: Path, mobi
         assert zf.read("labels.txt").decode().splitlines() == labels
         assert json.loads(zf.read("skinedge.json"))["height"] == 64
     assert meta["quantization"]["full_integer"] is True
-    assert meta["input"]["dtype"] == "uint8" and meta["quantization"]["input"] == {
-        "dtype": "uint8", "scale": 1.0, "zero_point": 0}
+    # the rescale is the input quantization: uint8 pixel p means (p - 128) / 127.5 exactly, with no rescale ops
+    q_in = meta["quantization"]["input"]
+    assert q_in["dtype"] == "uint8" and q_in["zero_point"] == 128 and q_in["scale"] == pytest.approx(1 / 127.5)
+    assert meta["input"]["dtype"] == "uint8" and (meta["input"]["mean"], meta["input"]["std"]) == (128.0, 127.5)
     assert meta["quantization"]["output"]["dtype"] == "int8"
     assert meta["verification"]["images"] > 0
     assert meta["verification"]["top1_agreement_vs_qat_keras"] >= float(SMOKE_MIN_AGREEMENT)
@@ -89,6 +91,9 @@ def test_bundle_is_full_integer_and_self_describing(mobilenet_bundle: Path, mobi
     clf = ImageClassifier(mobilenet_bundle)
     types = {np.dtype(t["dtype"]).name for t in clf.interpreter.get_tensor_details()}
     assert types <= {"int8", "uint8", "int32"}, types
+    ops = [d["op_name"] for d in clf.interpreter._get_ops_details()]
+    assert ops[:2] == ["QUANTIZE", "CONV_2D"], ops[:4]  # no MUL/ADD rounding the pixels before the first conv
+    assert clf._identity_input  # camera pixels go in as they are
 
 
 def test_convert_writes_golden_and_device_selftest_passes(mobilenet_bundle: Path):

@@ -35,6 +35,7 @@ from skinedge.convert.export import tflite_classifier, to_int8_tflite
 from skinedge.convert.model import (
     build_model,
     calibrate_qat_ranges,
+    input_normalization,
     quantize_model,
     set_phase,
 )
@@ -211,7 +212,7 @@ def benchmark(data: str, arch: str = "mobilenetv2", img_size: int = 128, batch_s
     model.predict(xf[:64], batch_size=64, verbose=0)  # warm-up: tracing the predict function is not throughput
     out["keras_predict_img_s"] = round(_rate(lambda: len(model.predict(xf, batch_size=64, verbose=0)), repeats=2), 1)
     with tempfile.TemporaryDirectory() as tmp:
-        clf = tflite_classifier(tflite, Path(tmp), classes, threads=1)
+        clf = tflite_classifier(tflite, Path(tmp), classes, threads=1, norm=input_normalization(qat))
         clf.predict_batch(x[:5])
         out["tflite_img_s"] = round(_rate(lambda: len(clf.predict_batch(x))), 1)
     out["gpu"] = "not measured: no GPU on this machine" if not tf.config.list_physical_devices("GPU") else "present"

@@ -158,7 +158,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     variants: list[Variant] = []
     if run:
         from skinedge.convert.export import tflite_classifier, to_int8_tflite
-        from skinedge.convert.model import load_float_model, load_qat_model
+        from skinedge.convert.model import input_normalization, load_float_model, load_qat_model
 
         arch, alpha = run.config["arch"], run.config["alpha"]
         float_model = load_float_model(arch, len(classes), size[0], alpha, str(run.path / "float.weights.h5"))
@@ -169,7 +169,8 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         with tempfile.TemporaryDirectory() as tmp:
             log.info("post-training quantization of the float model (the PTQ baseline)")
             ptq_model = to_int8_tflite(float_model, run.calibration(200))
-            ptq = tflite_classifier(ptq_model, Path(tmp), classes, "ptq.tflite", threads)
+            ptq = tflite_classifier(ptq_model, Path(tmp), classes, "ptq.tflite", threads,
+                                    norm=input_normalization(float_model))
             variants.append(_tflite_variant("ptq_int8", "int8 TFLite by post-training quantization of the float "
                                             "model (baseline)", ptq, x))
     if clf is not None:
