@@ -18,8 +18,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import staged_dir
 from .constants import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -311,7 +310,6 @@ def write_bundle(
 
     `golden` (inputs, raw outputs, recipe) is written as golden.npz and recorded with its sha256 in model.json."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     model_bytes = embed_metadata(tflite, labels, spec)
     golden_bytes = pack_golden(golden.inputs, golden.outputs) if golden is not None else None
     record = {
@@ -333,35 +331,11 @@ def write_bundle(
             **dict(golden.info), "file": GOLDEN_FILE, "sha256": _sha256(golden_bytes).hexdigest(),
             "bytes": len(golden_bytes),
         }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        # mkdtemp makes the folder private (0700); give the bundle the usual permissions under the umask so
-        # another user (a service account on the device) can read it after it is copied preserving modes
-        umask = os.umask(0o022)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+    with staged_dir(out_dir) as tmp:
         (tmp / MODEL_FILE).write_bytes(model_bytes)
         (tmp / LABELS_FILE).write_text(format_labels(labels), encoding="utf-8")
         (tmp / META_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if golden_bytes is not None:
             (tmp / GOLDEN_FILE).write_bytes(golden_bytes)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            try:
-                tmp.rename(out_dir)
-            except BaseException:
-                old.rename(out_dir)  # put the previous bundle back before reporting the failure
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote bundle %s (%d bytes model)", out_dir, len(model_bytes))
     return out_dir

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from skinedge.convert.metrics import classification_metrics
 from skinedge.convert.rundir import RunDir, RunDirError
+from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
 
@@ -194,36 +193,15 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
                             flag_threshold=threshold, histories=_histories(run) if run else {},
                             class_counts=counts)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes it private; the report is meant to be shared
+    if out.exists():
+        # only ever replace an earlier report (never a run dir or data given as --out by mistake)
+        from skinedge.cli import is_report_dir
+
+        if not (out.is_dir() and is_report_dir(out)):
+            raise CompareError(f"{out}: exists and is not a skinedge report; choose another --out")
+    with staged_dir(out) as tmp_dir:
         R.write_report(tmp_dir, inputs)
         record = {"images": where, "data": str(source), "n": int(len(y)), "classes": list(classes),
                   "flag_threshold": threshold, "summary": R.summary(metrics), "variants": metrics}
         (tmp_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if out.exists():
-            # only ever replace an earlier report (never a run dir or data given as --out by mistake), and keep it
-            # until the new one is in place
-            from skinedge.cli import is_report_dir
-
-            if not (out.is_dir() and is_report_dir(out)):
-                raise CompareError(f"{out}: exists and is not a skinedge report; choose another --out")
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        try:
-            tmp_dir.rename(out)
-        except OSError:
-            if old is not None:
-                old.rename(out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return {"table": table, "metrics": metrics, "where": where}
