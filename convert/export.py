@@ -28,7 +28,7 @@ from skinedge.device.constants import INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENT
 from skinedge.device.golden import make_golden
 
 from .metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
-from .model import input_normalization, load_qat_model
+from .model import input_normalization, int32_biases, load_qat_model
 from .rundir import RunDir, RunDirError, class_counts
 from .tfcompat import keras, tf
 
@@ -159,7 +159,8 @@ def convert_run(
     log.info("converted in %.1f s: %d bytes", convert_seconds, len(tflite))
 
     x_va, y_va, _ = run.images("val")
-    ref = keras_probs(qat, x_va)
+    with int32_biases(qat):  # the QAT model as the int8 model stores it: biases on their int32 grid
+        ref = keras_probs(qat, x_va)
     with tempfile.TemporaryDirectory() as tmp:
         clf = tflite_classifier(tflite, Path(tmp), classes, threads=threads, norm=norm)
         ops, types = tensor_types(clf)
@@ -179,9 +180,9 @@ def convert_run(
     if agreement < min_agreement:
         hint = ""
         if kernels < min_agreement:
-            hint = (f"; two int8 kernel sets (XNNPACK, reference) agree on only {kernels:.1%} themselves, so its "
-                    f"outputs are too close to call at int8 precision (a barely trained model): train longer, or "
-                    f"accept it with a lower --min-agreement")
+            hint = (f"; two int8 kernel sets (XNNPACK, reference) agree on only {kernels:.1%} themselves, so some of "
+                    f"its answers are too close to call at int8 precision: train longer, or accept it with a lower "
+                    f"--min-agreement")
         raise ConvertError(
             f"{run.path}: int8 model agrees with the QAT Keras model on only {agreement:.1%} of {len(y_va)} validation "
             f"images (need {min_agreement:.1%}); nothing was written{hint}"

@@ -125,3 +125,33 @@ def test_train_reports_a_bad_data_folder_in_one_line(tmp_path):
                                        "--weights", "none"])
     assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "data" in result.output and "Traceback" not in result.output
+
+
+def test_all_zero_weight_channels_keep_their_bias_and_qat_is_checked_on_the_int32_bias_grid(tmp_path):
+    """ImageNet MobileNetV2 has conv channels whose weights are all zero and whose folded bias is not. With a weight
+    range near 0 the int32 bias scale (input scale x weight scale) underflowed and the converter saturated such a
+    bias at the int32 limit (0.92 for 2.28 on the HAM10000 model). And the verification reference rounds every
+    bias to exactly the grid the converter stores it on."""
+    from skinedge.convert.export import to_int8_tflite
+    from skinedge.convert.model import build_model, calibrate_qat_ranges, int32_biases, quantize_model
+    from skinedge.device.runtime import load_interpreter
+
+    qat = quantize_model(build_model("mobilenetv2", 3, 32, alpha=0.35))
+    wrapper = qat.get_layer("quant_Conv1")
+    kernel = next(v for v in wrapper.weights if v.name.endswith("/kernel:0"))
+    dead = kernel.numpy()
+    dead[..., 0] = 0.0
+    kernel.assign(dead)
+    bias = wrapper.layer.bias
+    bias.assign(np.concatenate([[2.28], bias.numpy()[1:]]).astype(np.float32))
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
+    calibrate_qat_ranges(qat, x)
+    (tmp_path / "m.tflite").write_bytes(to_int8_tflite(qat, x))
+    interp = load_interpreter(tmp_path / "m.tflite", num_threads=1).interpreter
+    detail = next(d for d in interp.get_tensor_details()
+                  if d["dtype"] == np.int32 and "quant_Conv1/BiasAdd" in d["name"] and len(d["shape"]) == 1)
+    stored = interp.get_tensor(detail["index"]).astype(np.float64) * detail["quantization_parameters"]["scales"]
+    assert abs(stored[0] - 2.28) < 1e-3  # not saturated
+    with int32_biases(qat):
+        np.testing.assert_allclose(bias.numpy(), stored, rtol=1e-5, atol=1e-9)
+    assert abs(bias.numpy()[0] - 2.28) < 1e-6  # restored
