@@ -191,5 +191,5 @@ def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Option
     tmp = bundle / f".{CARD_FILE}.tmp"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)  # a reader never sees half a card
-    log.info("model card written to %s", out)
+    log.debug("model card written to %s", out)  # the command says so to the user
     return out
