@@ -28,7 +28,7 @@ from skinedge.device.constants import INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENT
 from skinedge.device.golden import make_golden
 
 from .metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
-from .model import input_normalization, int32_biases, load_qat_model
+from .model import input_normalization, int32_biases, load_qat_model, rescale_layer
 from .rundir import RunDir, RunDirError, class_counts
 from .tfcompat import keras, tf
 
@@ -53,9 +53,8 @@ def _representative(images: np.ndarray, mean: float, std: float) -> Callable[[],
 @contextlib.contextmanager
 def _rescale_bypassed(model: keras.Model) -> Iterator[None]:
     """The model with its rescale layer made the identity (the converter drops x * 1 + 0), restored afterwards."""
-    try:
-        layer = model.get_layer("rescale")
-    except ValueError:
+    layer = rescale_layer(model)
+    if layer is None:
         yield
         return
     saved = layer.scale, layer.offset

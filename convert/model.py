@@ -20,6 +20,7 @@ from skinedge.convert.tfcompat import keras, tf, tfmot
 log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "head_"  # names of the layers added on top of the backbone
+RESCALE = "rescale"  # name of the layer that scales raw pixels to the network's range
 # Smallest per-channel weight range fake-quantized (and so converted). ImageNet MobileNetV2 has channels whose
 # weights are all zero and whose folded bias is not: with a range near 0 the int32 bias scale (input scale x
 # weight scale) is so small that the converter saturates the bias at the int32 limit, and the int8 model then
@@ -29,7 +30,7 @@ MIN_WEIGHT_RANGE = 1e-3
 
 def _cnn(x, num_classes: int):
     """A compact from-scratch CNN like the notebooks' baseline, with batch norm."""
-    x = keras.layers.Rescaling(1 / 255.0, name="rescale")(x)
+    x = keras.layers.Rescaling(1 / 255.0, name=RESCALE)(x)
     for i, filters in enumerate((32, 64, 128, 256)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
@@ -51,7 +52,7 @@ def build_model(
         # (p - 128) / 127.5 rather than MobileNetV2's p / 127.5 - 1 (0.4 % of a grey level apart): every uint8
         # pixel then lands exactly on the int8 grid of the converted model's input (scale 1/127.5, zero point
         # 128), so int8 sees the very pixels QAT saw; with -1 each pixel sat half a step between two int8 values
-        x = keras.layers.Rescaling(1 / 127.5, offset=-128 / 127.5, name="rescale")(inputs)
+        x = keras.layers.Rescaling(1 / 127.5, offset=-128 / 127.5, name=RESCALE)(inputs)
         backbone = keras.applications.MobileNetV2(
             input_tensor=x, include_top=False, alpha=alpha, weights=weights_path,
             input_shape=(img_size, img_size, 3),
@@ -65,12 +66,19 @@ def build_model(
     return keras.Model(inputs, outputs, name=f"skinedge_{arch}")
 
 
+def rescale_layer(model: keras.Model) -> Optional[keras.layers.Rescaling]:
+    """The model's rescale layer, or None for a model that takes raw pixels."""
+    try:
+        return model.get_layer(RESCALE)
+    except ValueError:
+        return None
+
+
 def input_normalization(model: keras.Model) -> tuple[float, float]:
     """(mean, std) such that the network proper sees (pixel - mean) / std: read from the model's rescale layer."""
-    try:
-        layer = model.get_layer("rescale")
-    except ValueError:
-        return 0.0, 1.0  # no rescale: the network takes raw pixels
+    layer = rescale_layer(model)
+    if layer is None:
+        return 0.0, 1.0
     scale, offset = float(layer.scale), float(layer.offset)
     return round(-offset / scale, 6), round(1 / scale, 6)
 
@@ -257,7 +265,7 @@ def _activation_scale(model: keras.Model, layer: keras.layers.Layer) -> Optional
     """The int8 scale of `layer`'s output in the converted model: its output quantizer's range / 255, or, through
     layers that pass int8 values on unchanged (padding, dropout), the scale of what feeds them."""
     while True:
-        if layer.name == "rescale" or isinstance(layer, keras.layers.InputLayer):
+        if layer.name == RESCALE or isinstance(layer, keras.layers.InputLayer):
             return 1 / input_normalization(model)[1]  # the input's fixed quantization (to_int8_tflite)
         lo, hi = _variable(layer, "output_min", "post_activation_min"), _variable(layer, "output_max",
                                                                                     "post_activation_max")
