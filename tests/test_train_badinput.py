@@ -81,6 +81,7 @@ def colour_data(tmp_path) -> Path:
     ["--seed", "-1"], ["--val-fraction", "0"], ["--val-fraction", "0.5"], ["--test-fraction", "nan"],
     ["--test-fraction", "-0.1"], ["--label-smoothing", "0.9"], ["--label-smoothing", "nan"], ["--patience", "0"],
     ["--batch-size", "-3"], ["--alpha", "2"], ["--balance", "magic"], ["--epochs", "ten"],
+    ["--finetune-from", "1.5"], ["--finetune-from", "nan"],
 ])
 def test_train_refuses_nonsense_options(colour_data, tmp_path, option):
     result = cli("train", colour_data, "--out", tmp_path / "run", "--arch", "cnn", "--weights", "none", *option)

@@ -155,3 +155,20 @@ def test_all_zero_weight_channels_keep_their_bias_and_qat_is_checked_on_the_int3
     with int32_biases(qat):
         np.testing.assert_allclose(bias.numpy(), stored, rtol=1e-5, atol=1e-9)
     assert abs(bias.numpy()[0] - 2.28) < 1e-6  # restored
+
+
+@pytest.mark.parametrize("finetune_from", [0.0, 0.6])
+def test_finetune_from_sets_how_much_of_the_backbone_trains(finetune_from):
+    from skinedge.convert.tfcompat import keras
+
+    from skinedge.convert.model import backbone_layers, build_model, set_phase
+
+    model = build_model("mobilenetv2", 3, 32, 0.35, weights_path=None)
+    set_phase(model, "finetune", "mobilenetv2", finetune_from)
+    layers = backbone_layers(model)
+    weighted = [layer for layer in layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    frozen = [layer for layer in weighted if not layer.trainable]
+    cut = int(len(layers) * finetune_from)
+    assert frozen == [layer for layer in layers[:cut] if layer in weighted]
+    assert all(layer.trainable for layer in model.layers if layer not in layers)  # the head always trains
+    assert not any(layer.trainable for layer in layers if isinstance(layer, keras.layers.BatchNormalization))

@@ -85,6 +85,8 @@ class WeightsChoice(click.ParamType):
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Head learning rate (fine-tuning lr/10, QAT lr/100).")
+@click.option("--finetune-from", type=FiniteFloatRange(0, 1), default=0.6, show_default=True,
+              help="Fine-tune the backbone above this fraction of its depth (0: all of it; mobilenetv2).")
 @click.option("--balance", type=click.Choice(["weights", "oversample", "none"]), default="weights",
               show_default=True, help="Class imbalance handling.")
 @click.option("--label-smoothing", type=FiniteFloatRange(0, 0.5), default=0.05, show_default=True)
@@ -98,8 +100,8 @@ class WeightsChoice(click.ParamType):
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: int, head_epochs: int, epochs: int,
-          qat_epochs: int, batch_size: int, lr: float, balance: str, label_smoothing: float, limit: Optional[int],
-          test_fraction: float, val_fraction: float, patience: int, seed: int, no_augment: bool,
+          qat_epochs: int, batch_size: int, lr: float, finetune_from: float, balance: str, label_smoothing: float,
+          limit: Optional[int], test_fraction: float, val_fraction: float, patience: int, seed: int, no_augment: bool,
           resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
@@ -125,8 +127,8 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: in
     cfg = TrainConfig(
         data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, img_size=img_size,
         head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
-        balance=balance, label_smoothing=label_smoothing, limit=limit, test_fraction=test_fraction,
-        val_fraction=val_fraction, patience=patience, seed=seed, augment=not no_augment,
+        finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
+        test_fraction=test_fraction, val_fraction=val_fraction, patience=patience, seed=seed, augment=not no_augment,
     )
     try:
         summary = run_training(cfg, resume=resume)
