@@ -69,6 +69,17 @@ def test_card_hardware_option_fills_what_the_run_did_not_record(tmp_path):
     assert result.exit_code == 0 and "| hardware | Xeon, 2 cores |" in (bundle / "README.md").read_text()
 
 
+def test_card_says_when_early_stopping_ended_a_phase(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    (run / "history").mkdir()
+    (run / "history" / "finetune.csv").write_text("epoch,val_balanced_accuracy\n0,0.5\n1,0.6\n2,0.55\n")
+    (run / "history" / "qat.csv").write_text("epoch,val_balanced_accuracy\n0,0.6\n1,0.61\n")
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    card = (bundle / "README.md").read_text()
+    assert result.exit_code == 0, result.output
+    assert "fine-tuning 3 of 6 epochs (early stopping)" in card and "QAT 2 epochs (lr/100)" in card
+
+
 def test_card_bad_inputs_exit_2_naming_the_file(tmp_path):
     bundle, report, run = _setup(tmp_path)
     (report / "metrics.json").write_text(json.dumps({**_metrics({"int8": 0.5}), "classes": ["a", "b"]}))

@@ -82,9 +82,26 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[s
             f"skinedge card {bundle} --report {report} --run {run}"]
 
 
+def epochs_run(run: Path) -> dict[str, int]:
+    """Epochs each phase actually ran (rows of history/<phase>.csv): early stopping ends phases before their budget."""
+    out = {}
+    for csv in sorted((run / "history").glob("*.csv")):
+        rows = [line for line in csv.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+        out[csv.stem] = len(rows)
+    return out
+
+
+def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> str:
+    planned = cfg.get(key)
+    if phase in ran and isinstance(planned, int) and ran[phase] < planned:
+        return f"{ran[phase]} of {planned} epochs (early stopping)"
+    return f"{planned} epochs"
+
+
 def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict[str, Any]],
-           cmds: list[str], hardware: Optional[str] = None, train_time: Optional[str] = None) -> str:
-    """The model card as Markdown."""
+           cmds: list[str], hardware: Optional[str] = None, train_time: Optional[str] = None,
+           ran: Optional[dict[str, int]] = None) -> str:
+    """The model card as Markdown. `ran`: epochs each phase ran (`epochs_run`), when the run dir is at hand."""
     name, classes = meta.get("name", "model"), meta.get("labels", [])
     inp, arch, q = meta.get("input", {}), meta.get("architecture", {}), meta.get("quantization", {})
     cfg = meta.get("training", {}).get("config", {})
@@ -92,6 +109,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
     flag = meta.get("flag")
     seconds = (summary or {}).get("train_seconds")
     hw = hardware or (summary or {}).get("hardware") or "not recorded by this run"
+    ran = ran or {}
     parts = [f"# {name}: {len(classes)}-class skin-lesion classifier (int8 TFLite)",
              f"> {meta.get('disclaimer', '')}",
              f"Intended use: {meta.get('intended_use', '')}",
@@ -104,9 +122,10 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                                   f"{cfg.get('weights')}"],
                  ["input", f"{inp.get('height')}x{inp.get('width')} RGB {inp.get('dtype')}, raw pixels 0-255, "
                            f"{inp.get('resize')} then {inp.get('interpolation')} resize (skinedge.device.preprocess)"],
-                 ["schedule", f"head {cfg.get('head_epochs')} epochs (lr {cfg.get('lr')}), fine-tuning "
-                              f"{cfg.get('epochs')} epochs (lr/10, top {1 - cfg.get('finetune_from', 0.6):.0%} of the "
-                              f"backbone), QAT {cfg.get('qat_epochs')} epochs (lr/100); batch {cfg.get('batch_size')}, "
+                 ["schedule", f"head {_epochs(cfg, ran, 'head', 'head_epochs')} (lr {cfg.get('lr')}), fine-tuning "
+                              f"{_epochs(cfg, ran, 'finetune', 'epochs')} (lr/10, top "
+                              f"{1 - cfg.get('finetune_from', 0.6):.0%} of the backbone), QAT "
+                              f"{_epochs(cfg, ran, 'qat', 'qat_epochs')} (lr/100); batch {cfg.get('batch_size')}, "
                               f"early stopping patience {cfg.get('patience')}, class imbalance: {cfg.get('balance')}, "
                               f"label smoothing {cfg.get('label_smoothing')}, seed {cfg.get('seed')}"],
                  ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
@@ -186,7 +205,7 @@ def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Option
     if run and summary is None:
         raise CardError(f"{run_path / 'summary.json'}: not found (is the run finished?)")
     text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path)), hardware,
-                  train_time)
+                  train_time, epochs_run(run_path) if run else None)
     out = bundle / CARD_FILE
     tmp = bundle / f".{CARD_FILE}.tmp"
     tmp.write_text(text, encoding="utf-8")
