@@ -77,7 +77,7 @@ def test_card_says_when_early_stopping_ended_a_phase(tmp_path):
     result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
     card = (bundle / "README.md").read_text()
     assert result.exit_code == 0, result.output
-    assert "fine-tuning 3 of 6 epochs (early stopping)" in card and "QAT 2 epochs (lr/100)" in card
+    assert "fine-tuning 3 of 6 epochs, stopped early" in card and "QAT 2 epochs (lr/100)" in card
 
 
 def test_card_bad_inputs_exit_2_naming_the_file(tmp_path):

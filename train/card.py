@@ -94,7 +94,7 @@ def epochs_run(run: Path) -> dict[str, int]:
 def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> str:
     planned = cfg.get(key)
     if phase in ran and isinstance(planned, int) and ran[phase] < planned:
-        return f"{ran[phase]} of {planned} epochs (early stopping)"
+        return f"{ran[phase]} of {planned} epochs, stopped early"
     return f"{planned} epochs"
 
 
