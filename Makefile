@@ -12,7 +12,7 @@ BUNDLE   ?= models/demo
 REPORT   ?= reports/demo
 # The demo is a real but short run; FULL=1 trains the full recipe (hours on a CPU, minutes on a GPU).
 ifeq ($(FULL),1)
-TRAIN_ARGS ?= --img-size 160 --head-epochs 3 --epochs 20 --qat-epochs 5
+TRAIN_ARGS ?= --img-size 160 --head-epochs 3 --epochs 20 --qat-epochs 5 --finetune-from 0
 CONVERT_ARGS ?=
 else
 TRAIN_ARGS ?= --img-size 96 --head-epochs 2 --epochs 2 --qat-epochs 1 --limit 1200
