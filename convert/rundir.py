@@ -80,6 +80,16 @@ def load_split(path: Path) -> dict[str, list[Sample]]:
     return splits
 
 
+def read_history(history_csv: Path) -> dict[str, list[float]]:
+    """A phase's per-epoch log (history/<phase>.csv, Keras' CSVLogger) as columns, the epoch column left out; {} if
+    there is none yet."""
+    if not history_csv.is_file():
+        return {}
+    with open(history_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k != "epoch"}
+
+
 def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
     return dict(sorted(Counter(s.label for s in samples).items()))
 

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from skinedge.convert.rundir import read_history
 from skinedge.device.bundle import META_FILE
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,8 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[s
 
 def epochs_run(run: Path) -> dict[str, int]:
     """Epochs each phase actually ran (rows of history/<phase>.csv): early stopping ends phases before their budget."""
-    out = {}
-    for csv in sorted((run / "history").glob("*.csv")):
-        rows = [line for line in csv.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
-        out[csv.stem] = len(rows)
-    return out
+    return {csv.stem: max(map(len, read_history(csv).values()), default=0)
+            for csv in sorted((run / "history").glob("*.csv"))}
 
 
 def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> str:

@@ -15,7 +15,6 @@ Each phase keeps a BackupAndRestore checkpoint, so a killed run continues with `
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shlex
@@ -36,7 +35,7 @@ from skinedge.convert.model import (
     quantize_model,
     set_phase,
 )
-from skinedge.convert.rundir import RunDir, RunDirError, cache_dir
+from skinedge.convert.rundir import RunDir, RunDirError, cache_dir, read_history
 from skinedge.convert.tfcompat import keras, tf
 from skinedge.device.labels import format_labels
 
@@ -213,15 +212,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
 
 
 def _best_so_far(history_csv: Path) -> Optional[float]:
-    return max(_read_history(history_csv).get(MONITOR, []), default=None)
-
-
-def _read_history(history_csv: Path) -> dict[str, list[float]]:
-    if not history_csv.is_file():
-        return {}
-    with open(history_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k != "epoch"}
+    return max(read_history(history_csv).get(MONITOR, []), default=None)
 
 
 def _strategy() -> tf.distribute.Strategy:
@@ -378,7 +369,7 @@ def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.nda
         ref = float_probs.argmax(1) if float_best else None
         metrics["qat"] = classification_metrics(y_va, qat_probs, classes, reference_pred=ref)
     _write_json(run / "metrics.json", {"split": "val", **metrics})
-    histories = {p: _read_history(run / "history" / f"{p}.csv") for p, _, _ in phase_plan(cfg)}
+    histories = {p: read_history(run / "history" / f"{p}.csv") for p, _, _ in phase_plan(cfg)}
     plot_history(histories, run / "curves.png")
     for name, m in metrics.items():
         log.info("validation %s: accuracy %.3f, balanced accuracy %.3f, macro F1 %.3f",
