@@ -85,9 +85,10 @@ def read_history(history_csv: Path) -> dict[str, list[float]]:
     there is none yet."""
     if not history_csv.is_file():
         return {}
-    with open(history_csv, newline="") as fh:
+    with open(history_csv, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k != "epoch"}
+    # `k and`: a stray comma makes a nameless column ("" or DictReader's None), which is not a metric
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k and k != "epoch"}
 
 
 def class_counts(samples: Sequence[Sample]) -> dict[str, int]:

@@ -92,3 +92,15 @@ def test_card_bad_inputs_exit_2_naming_the_file(tmp_path):
     result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report)])
     assert result.exit_code == 2 and "metrics.json: not found" in result.output
     assert not (bundle / "README.md").exists()
+
+
+def test_card_survives_a_damaged_history_file(tmp_path):
+    """A history CSV that is not numbers costs the card its "N of M epochs" remark, not the card."""
+    bundle, report, run = _setup(tmp_path)
+    (run / "history").mkdir()
+    (run / "history" / "finetune.csv").write_text("epoch,val_balanced_accuracy\n0,0.5\n1,garbage\n")
+    (run / "history" / "qat.csv").write_text("epoch,val_balanced_accuracy\n0,0.6\n1,0.61\n")
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    card = (bundle / "README.md").read_text()
+    assert result.exit_code == 0, result.output
+    assert "fine-tuning 6 epochs" in card and "stopped early" not in card and "QAT 2 epochs (lr/100)" in card

@@ -85,8 +85,13 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[s
 
 def epochs_run(run: Path) -> dict[str, int]:
     """Epochs each phase actually ran (rows of history/<phase>.csv): early stopping ends phases before their budget."""
-    return {csv.stem: max(map(len, read_history(csv).values()), default=0)
-            for csv in sorted((run / "history").glob("*.csv"))}
+    ran = {}
+    for csv in sorted((run / "history").glob("*.csv")):
+        try:
+            ran[csv.stem] = max(map(len, read_history(csv).values()), default=0)
+        except (OSError, ValueError) as exc:  # the card still says the planned epochs; it is not worth failing for
+            log.warning("%s: unreadable (%s); the card gives this phase's planned epochs", csv, exc)
+    return ran
 
 
 def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> str:

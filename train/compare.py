@@ -10,7 +10,6 @@ comparison never leaves a half-written report.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skinedge.convert.metrics import classification_metrics
-from skinedge.convert.rundir import RunDir, RunDirError
+from skinedge.convert.rundir import RunDir, RunDirError, read_history
 from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
@@ -116,10 +115,7 @@ def _histories(run: RunDir) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for path in sorted((run.path / "history").glob("*.csv")):
         try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-            out[path.stem] = {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {})
-                              if k and k != "epoch"}
+            out[path.stem] = read_history(path)
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             log.warning("%s: training curves left out (%s)", path, exc)
     return {phase: h for phase, h in out.items() if h}
