@@ -42,6 +42,17 @@ class ConvertError(ValueError):
     """A run that cannot be converted, or a model that fails verification; the message says why."""
 
 
+def split_description(cfg: dict) -> str:
+    """How the run's split kept lesions apart, in words for model.json and the card."""
+    if cfg.get("extra", {}).get("layout") == "ham10000":
+        return "stratified by class, grouped by lesion_id from the HAM10000 metadata (split.csv in the run dir)"
+    if cfg.get("lesion_ids"):
+        how = f"grouped by lesion (lesion ids from {cfg['lesion_ids']}; images it does not name one by one)"
+    else:
+        how = "grouped by image (no lesion ids given: images of one lesion may sit on both sides)"
+    return f"stratified by class, {how}, byte-identical copies together (split.csv in the run dir)"
+
+
 def _representative(images: np.ndarray, mean: float, std: float) -> Callable[[], Iterator[list[np.ndarray]]]:
     def gen() -> Iterator[list[np.ndarray]]:
         for img in images:
@@ -217,7 +228,7 @@ def convert_run(
                          "max_abs_prob_diff": round(max_diff, 6), "min_agreement": min_agreement},
         "validation": val_metrics,
         "data": {"source": cfg["data"], "layout": cfg.get("extra", {}).get("layout"), "split_counts": counts,
-                 "split": "stratified by class, grouped by lesion (split.csv in the run dir)"},
+                 "split": split_description(cfg)},
         "training": {"config": cfg, "run_dir": str(run.path)},
         "intended_use": INTENDED_USE,
         "disclaimer": NOT_A_DIAGNOSIS,

@@ -456,3 +456,14 @@ def test_compare_with_path_like_labels_writes_only_into_its_report(bundle_copy, 
     created = tree(tmp_path) - before
     assert created and all(name == "report" or name.startswith("report/") for name in created), sorted(created)
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["classes"] == evil
+
+
+def test_train_bad_lesion_id_table_is_one_line_naming_it(colour_data, tmp_path):
+    table = tmp_path / "lesions.csv"
+    table.write_text("image,lesion\nI1,L1\n")
+    result = cli("train", colour_data, "--out", tmp_path / "run", "--arch", "cnn", "--weights", "none",
+                 "--lesion-ids", table)
+    assert_one_line_error(result, 2, str(table), "missing column(s) image_id, lesion_id")
+    assert not (tmp_path / "run").exists()
+    missing = cli("train", colour_data, "--out", tmp_path / "run", "--lesion-ids", tmp_path / "absent.csv")
+    assert_one_line_error(missing, 2, "absent.csv", "does not exist")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,62 @@ def test_byte_identical_copies_share_a_group_even_across_classes(tmp_path, caplo
         splits = D.split_samples(samples, val_fraction=0.3, test_fraction=0.3, seed=seed)
         sides = {name for name, items in splits.items() for s in items if s.group == group["m0.jpg"]}
         assert len(sides) == 1
+
+
+def test_lesion_ids_group_a_folder_set_by_lesion_and_copies_join_the_whole_lesion(tmp_path, caplog):
+    from skinedge.train import data as D
+
+    caplog.set_level(logging.INFO, logger="skinedge.train.data")
+    root = tmp_path / "data"
+    for i in range(8):
+        _write_jpg(root / "mel" / f"m{i}.jpg", colour=(10 * i, 50, 90))
+        _write_jpg(root / "nv" / f"n{i}.jpg", colour=(200, 10 * i, 30))
+    (root / "nv" / "copy_of_m3.jpg").write_bytes((root / "mel" / "m3.jpg").read_bytes())
+    table = tmp_path / "lesions.csv"
+    # m1 and n2 show one lesion (two classes: the data set's own disagreement); m3 and m4 another, and m3 has a
+    # byte-identical copy under another name that the table does not know: it must join m4 too
+    table.write_text("lesion_id,image_id,dx\nL1,m1,mel\nL1,n2,nv\nL3,m3,mel\nL3,m4,mel\nL9,absent,nv\n")
+    samples, _, _ = D.list_samples(root, lesion_ids=table)
+    group = {Path(s.path).stem: s.group for s in samples}
+    assert group["m1"] == group["n2"] == "L1"
+    assert group["m3"] == group["m4"] == group["copy_of_m3"]
+    assert group["m0"] == "m0"  # not in the table: its own group, as before
+    assert "4 of 17 images grouped by lesion id" in caplog.text
+    for seed in range(6):
+        splits = D.split_samples(samples, val_fraction=0.25, test_fraction=0.25, seed=seed)
+        for members in (("m1", "n2"), ("m3", "m4", "copy_of_m3")):
+            sides = {name for name, items in splits.items() for s in items if Path(s.path).stem in members}
+            assert len(sides) == 1, (seed, members, sides)
+    # without the table the lesion's images are free to land on both sides
+    plain, _, _ = D.list_samples(root)
+    assert len({s.group for s in plain if Path(s.path).stem in ("m1", "n2")}) == 2
+
+
+def test_isic9_split_with_ham10000_lesion_ids_is_lesion_disjoint():
+    from skinedge.train import data as D
+
+    meta = shared_path("data", "ham10000", "HAM10000_metadata.csv")
+    with open(meta, newline="") as fh:
+        lesion_of = {row["image_id"]: row["lesion_id"] for row in csv.DictReader(fh)}
+    samples, _, _ = D.list_samples(shared_path("data", "isic9", "Train"), lesion_ids=meta)
+    splits = D.split_samples(samples, 0.15, 0.15, seed=42)
+    lesions = {name: {lesion_of[Path(s.path).stem] for s in items if Path(s.path).stem in lesion_of}
+               for name, items in splits.items()}
+    assert lesions["train"] and lesions["val"] and lesions["test"]
+    assert not lesions["train"] & lesions["val"] and not lesions["train"] & lesions["test"]
+    assert not lesions["val"] & lesions["test"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("image_id,dx\nI1,mel\n", "missing column(s) lesion_id"),
+    ("lesion_id,image_id\n,I1\nL2,\n", "no rows with both"),
+    (b"lesion_id,image_id\nL\xe9,I1\n", "not UTF-8"),
+])
+def test_unusable_lesion_id_tables_are_refused(tmp_path, text, message):
+    from skinedge.train import data as D
+
+    table = tmp_path / "lesions.csv"
+    table.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(D.DataError, match=re.escape(message)) as err:
+        D.read_lesion_ids(table)
+    assert str(table) in str(err.value)

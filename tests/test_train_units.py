@@ -172,3 +172,15 @@ def test_finetune_from_sets_how_much_of_the_backbone_trains(finetune_from):
     assert frozen == [layer for layer in layers[:cut] if layer in weighted]
     assert all(layer.trainable for layer in model.layers if layer not in layers)  # the head always trains
     assert not any(layer.trainable for layer in layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_the_bundle_says_how_its_split_kept_lesions_apart():
+    from skinedge.convert.export import split_description
+
+    ham = split_description({"extra": {"layout": "ham10000"}, "lesion_ids": None})
+    assert "lesion_id from the HAM10000 metadata" in ham
+    table = split_description({"extra": {"layout": "folders"}, "lesion_ids": "meta.csv"})
+    assert "lesion ids from meta.csv" in table
+    # an older run (no lesion_ids in its config) of a folder set claims no lesion grouping it did not have
+    plain = split_description({"extra": {"layout": "folders"}})
+    assert "grouped by image" in plain and "may sit on both sides" in plain

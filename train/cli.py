@@ -91,6 +91,9 @@ class WeightsChoice(click.ParamType):
               show_default=True, help="Class imbalance handling.")
 @click.option("--label-smoothing", type=FiniteFloatRange(0, 0.5), default=0.05, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), help="Use only N images (stratified) for a quick run.")
+@click.option("--lesion-ids", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="CSV of image_id,lesion_id (HAM10000_metadata.csv) that groups a folder-per-class DATA's images "
+                   "by lesion, so no lesion straddles the splits.")
 @click.option("--test-fraction", type=FiniteFloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
               help="Lesions held out as a test split (never trained or tuned on).")
 @click.option("--val-fraction", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
@@ -101,18 +104,21 @@ class WeightsChoice(click.ParamType):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: int, head_epochs: int, epochs: int,
           qat_epochs: int, batch_size: int, lr: float, finetune_from: float, balance: str, label_smoothing: float,
-          limit: Optional[int], test_fraction: float, val_fraction: float, patience: int, seed: int, no_augment: bool,
-          resume: bool) -> None:
+          limit: Optional[int], lesion_ids: Optional[str], test_fraction: float, val_fraction: float, patience: int,
+          seed: int, no_augment: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
-    DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion
-    when the metadata has lesion ids. Phases: head (frozen backbone), fine-tuning, then QAT.
+    DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
+    HAM10000's metadata names them; a folder per class takes them from --lesion-ids (the ISIC 9-class set reuses
+    HAM10000 images, several of one lesion), or else treats each image as its own lesion. Phases: head (frozen
+    backbone), fine-tuning, then QAT.
 
     \b
     Examples:
       skinedge train ../shared/data/ham10000 --out runs/ham \\
           --weights ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5 --img-size 160 --epochs 15
-      skinedge train ../shared/data/isic9/Train --arch cnn --epochs 20 --out runs/isic-cnn
+      skinedge train ../shared/data/isic9/Train --arch cnn --epochs 20 --out runs/isic-cnn \\
+          --lesion-ids ../shared/data/ham10000/HAM10000_metadata.csv
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
@@ -128,7 +134,8 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, img_size: in
         data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, img_size=img_size,
         head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
-        test_fraction=test_fraction, val_fraction=val_fraction, patience=patience, seed=seed, augment=not no_augment,
+        lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience, seed=seed,
+        augment=not no_augment,
     )
     try:
         summary = run_training(cfg, resume=resume)

@@ -31,6 +31,7 @@ class TrainConfig:
     finetune_from: float = 0.6  # fraction of the backbone's depth above which layers are unfrozen when fine-tuning
     label_smoothing: float = 0.05  # softens one-hot targets; helps calibration and QAT stability
     balance: str = "weights"  # class imbalance: "weights" (class-weighted loss), "oversample" or "none"
+    lesion_ids: Optional[str] = None  # CSV of image_id,lesion_id grouping a folder-per-class set's images by lesion
     val_fraction: float = 0.15  # share of lesions held out for validation (grouped by lesion_id)
     test_fraction: float = 0.15  # share of lesions held out as the test split, never used in training or tuning
     limit: Optional[int] = None  # use only this many images (stratified: every class keeps some) for quick runs

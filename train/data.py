@@ -7,9 +7,10 @@
 Splits, the decode cache and `Sample` belong to the run-dir contract in skinedge.convert.rundir (conversion reads
 them too); they are imported here so the training code has one data module to use.
 Two layouts are detected automatically: HAM10000 (`HAM10000_metadata.csv` + `images/`, labels from `dx`, grouped by
-`lesion_id`) and a folder per class (`DATA/<class>/*.jpg`, each image its own group, except that byte-identical
-copies share one group, so a copy never sits on the other side of a split; copies filed under two classes are kept,
-with a warning, because the data set's own labels disagree). Pixels come from
+`lesion_id`) and a folder per class (`DATA/<class>/*.jpg`, each image its own group unless a lesion-id table, such
+as HAM10000_metadata.csv for the ISIC set, names its lesion; byte-identical copies share one group, so a copy never
+sits on the other side of a split; copies filed under two classes are kept, with a warning, because the data set's
+own labels disagree). Pixels come from
 `skinedge.device.preprocess.load_and_preprocess`, the function the device uses, so training sees device pixels.
 """
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HAM_METADATA = "HAM10000_metadata.csv"
 HAM_COLUMNS = ("lesion_id", "image_id", "dx")
+LESION_COLUMNS = ("image_id", "lesion_id")  # a lesion-id table for a folder-per-class set (--lesion-ids)
 
 
 class DataError(ValueError):
@@ -113,7 +115,46 @@ def _ham_samples(root: Path) -> list[Sample]:
     return samples
 
 
-def _folder_samples(root: Path) -> list[Sample]:
+def read_lesion_ids(path: os.PathLike | str) -> dict[str, str]:
+    """image_id -> lesion_id from a CSV with those two columns (HAM10000_metadata.csv is one)."""
+    path = Path(path)
+    out: dict[str, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            absent = [c for c in LESION_COLUMNS if c not in (reader.fieldnames or [])]
+            if absent:
+                raise DataError(f"{path}: missing column(s) {', '.join(absent)} (a lesion-id table needs "
+                                f"{' and '.join(LESION_COLUMNS)}, as HAM10000_metadata.csv has)")
+            for row in reader:
+                image_id, lesion = ((row.get(c) or "").strip() for c in LESION_COLUMNS)
+                if image_id and lesion:
+                    out[image_id] = lesion
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if not out:
+        raise DataError(f"{path}: no rows with both an image_id and a lesion_id")
+    return out
+
+
+def group_by_lesion(samples: Sequence[Sample], lesion_ids: dict[str, str], source: str = "") -> list[Sample]:
+    """Samples whose file stem is a known image_id take its lesion id as their group; the others keep theirs."""
+    out = [Sample(s.path, s.label, lesion_ids.get(Path(s.path).stem, s.group)) for s in samples]
+    matched = sum(Path(s.path).stem in lesion_ids for s in samples)
+    if not matched:
+        log.warning("%s: no image file name matches an image_id; the images stay grouped one by one", source)
+    else:
+        sizes = Counter(s.group for s in out)
+        log.info("%s: %d of %d images grouped by lesion id (%d images share a lesion with another)", source,
+                 matched, len(samples), sum(n for n in sizes.values() if n > 1))
+    return out
+
+
+def _folder_samples(root: Path, lesion_ids: dict[str, str] | None = None) -> list[Sample]:
     samples: list[Sample] = []
     unreadable: list[str] = []
 
@@ -139,6 +180,8 @@ def _folder_samples(root: Path) -> list[Sample]:
         samples += [Sample(str(p), label, p.stem) for p in files]
     for entry in unreadable:
         log.warning("cannot read %s; the images in it are left out", entry)
+    if lesion_ids is not None:
+        samples = group_by_lesion(samples, lesion_ids, str(root))
     return group_copies(samples, root)
 
 
@@ -154,7 +197,7 @@ def _digest(path: str) -> str | None:
 
 
 def group_copies(samples: Sequence[Sample], root: os.PathLike | str = "") -> list[Sample]:
-    """Byte-identical images share the group of the first copy (by path), so no split separates them.
+    """Byte-identical images share one group (with every image of their groups), so no split separates them.
 
     Only files whose size another file shares are hashed: a folder of distinct images costs one stat each. Copies
     under two different labels (the ISIC 9-class set files 127 images twice, e.g. as melanoma and as seborrheic
@@ -172,16 +215,25 @@ def group_copies(samples: Sequence[Sample], root: os.PathLike | str = "") -> lis
             for i in idx:
                 if (digest := _digest(samples[i].path)) is not None:
                     copies.setdefault(digest, []).append(i)
-    out = list(samples)
+    # Union-find over groups: a copy joins its twin's whole group (a lesion of several images, say), not just the
+    # twin, or the lesion's other images could still sit on the other side of a split.
+    parent: dict[str, str] = {}
+
+    def root_of(g: str) -> str:
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
     conflicting = []
     for idx in copies.values():
         if len(idx) < 2:
             continue
-        first = min(idx, key=lambda i: samples[i].path)
-        for i in idx:
-            out[i] = Sample(samples[i].path, samples[i].label, samples[first].group)
+        roots = sorted({root_of(samples[i].group) for i in idx})
+        for r in roots[1:]:
+            parent[r] = roots[0]  # the smallest name wins: deterministic whatever the order of the copies
         if len({samples[i].label for i in idx}) > 1:
             conflicting.append(idx)
+    out = [Sample(s.path, s.label, root_of(s.group)) for s in samples]
     n_copies = sum(len(v) for v in copies.values() if len(v) > 1)
     if n_copies:
         log.warning("%s: %d images are byte-identical copies of another (%d sets); each set is kept together in "
@@ -193,14 +245,22 @@ def group_copies(samples: Sequence[Sample], root: os.PathLike | str = "") -> lis
     return out
 
 
-def list_samples(root: os.PathLike | str) -> tuple[list[Sample], list[str], str]:
-    """All labelled images under `root`, the sorted class names and the layout name."""
+def list_samples(root: os.PathLike | str, lesion_ids: os.PathLike | str | None = None
+                 ) -> tuple[list[Sample], list[str], str]:
+    """All labelled images under `root`, the sorted class names and the layout name.
+
+    `lesion_ids` (a CSV of image_id, lesion_id) groups a folder-per-class set's images by lesion: the ISIC 9-class
+    set reuses HAM10000 images under their ISIC ids, several of one lesion, which file names alone cannot tell.
+    """
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: data folder not found")
     layout = detect_layout(root)
+    table = read_lesion_ids(lesion_ids) if lesion_ids is not None else None
+    if table is not None and layout == "ham10000":
+        log.warning("%s: ignored; %s gives the lesion ids of a HAM10000 folder", lesion_ids, HAM_METADATA)
     try:
-        samples = _ham_samples(root) if layout == "ham10000" else _folder_samples(root)
+        samples = _ham_samples(root) if layout == "ham10000" else _folder_samples(root, table)
     except OSError as exc:
         raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror})") from None
     if not samples:

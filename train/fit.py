@@ -185,7 +185,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
         raise RunError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
     cfg.validate()
     # the data first: unusable data must not leave an empty run dir behind
-    samples, classes, layout = D.list_samples(cfg.data)
+    samples, classes, layout = D.list_samples(cfg.data, lesion_ids=cfg.lesion_ids)
     if cfg.limit:
         samples = D.limit_samples(samples, cfg.limit, cfg.seed)
     try:
