@@ -64,7 +64,7 @@ class FiniteFloatRange(click.FloatRange):
 
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (some libraries put several lines or none in it)."""
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+    return " ".join(str(exc).split())[:400] or type(exc).__name__
 
 
 def os_error(exc: OSError, where: object) -> str:

@@ -124,6 +124,7 @@ def test_convert_refuses_below_min_agreement_and_writes_nothing(mobilenet_run: P
         assert meta_agreement["top1_agreement_vs_qat_keras"] == 1.0
     else:
         assert result.exit_code == 1 and "nothing was written" in result.output
+        assert "below --min-agreement 100.0%" in result.output  # the way out is in the message, not cut off
         assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
 
 
