@@ -184,3 +184,23 @@ def test_unusable_lesion_id_tables_are_refused(tmp_path, text, message):
     with pytest.raises(D.DataError, match=re.escape(message)) as err:
         D.read_lesion_ids(table)
     assert str(table) in str(err.value)
+
+
+def test_a_folder_run_without_lesion_ids_warns_that_images_are_split_one_by_one(tmp_path, caplog):
+    from skinedge.train.config import TrainConfig
+    from skinedge.train.fit import prepare_run
+
+    root = tmp_path / "data"
+    for i in range(6):
+        _write_jpg(root / "mel" / f"m{i}.jpg", colour=(10 * i, 50, 90))
+        _write_jpg(root / "nv" / f"n{i}.jpg", colour=(200, 10 * i, 30))
+    table = tmp_path / "lesions.csv"
+    table.write_text("image_id,lesion_id\nm1,L1\nn2,L1\n")
+    for name, lesion_ids in (("plain", None), ("grouped", str(table))):
+        caplog.clear()
+        cfg = TrainConfig(data=str(root), out=str(tmp_path / name), arch="cnn", weights="none", img_size=32,
+                          val_fraction=0.3, test_fraction=0.2, lesion_ids=lesion_ids)
+        _, _, splits, _ = prepare_run(cfg, resume=False)
+        assert ("pass --lesion-ids" in caplog.text) is (lesion_ids is None), name
+    stored = TrainConfig.load(tmp_path / "grouped" / "config.json")
+    assert stored.lesion_ids == str(table)  # --resume and the card see the table the split was made with

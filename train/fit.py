@@ -186,6 +186,10 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
     cfg.validate()
     # the data first: unusable data must not leave an empty run dir behind
     samples, classes, layout = D.list_samples(cfg.data, lesion_ids=cfg.lesion_ids)
+    if layout == "folders" and not cfg.lesion_ids:
+        # the split cannot see that two files show one lesion; say so rather than report "lesions" it never had
+        log.warning("%s: a folder per class names no lesions, so every image is split on its own; if several images "
+                    "show one lesion (the ISIC sets reuse HAM10000's), pass --lesion-ids", cfg.data)
     if cfg.limit:
         samples = D.limit_samples(samples, cfg.limit, cfg.seed)
     try:
