@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from skinedge.cli import main
@@ -69,15 +70,22 @@ def test_card_hardware_option_fills_what_the_run_did_not_record(tmp_path):
     assert result.exit_code == 0 and "| hardware | Xeon, 2 cores |" in (bundle / "README.md").read_text()
 
 
-def test_card_says_when_early_stopping_ended_a_phase(tmp_path):
+@pytest.mark.parametrize("finetune_rows, present, absent", [
+    # early stopping ended fine-tuning after 3 of its 6 planned epochs: the card says so
+    ("0,0.5\n1,0.6\n2,0.55\n", "fine-tuning 3 of 6 epochs, stopped early", None),
+    # a history CSV that is not numbers costs the card its "N of M epochs" remark, not the card
+    ("0,0.5\n1,garbage\n", "fine-tuning 6 epochs", "stopped early"),
+], ids=["stopped-early", "damaged-history"])
+def test_card_reads_epochs_run_from_the_history(tmp_path, finetune_rows, present, absent):
     bundle, report, run = _setup(tmp_path)
     (run / "history").mkdir()
-    (run / "history" / "finetune.csv").write_text("epoch,val_balanced_accuracy\n0,0.5\n1,0.6\n2,0.55\n")
+    (run / "history" / "finetune.csv").write_text("epoch,val_balanced_accuracy\n" + finetune_rows)
     (run / "history" / "qat.csv").write_text("epoch,val_balanced_accuracy\n0,0.6\n1,0.61\n")
     result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
     card = (bundle / "README.md").read_text()
     assert result.exit_code == 0, result.output
-    assert "fine-tuning 3 of 6 epochs, stopped early" in card and "QAT 2 epochs (lr/100)" in card
+    assert present in card and "QAT 2 epochs (lr/100)" in card
+    assert absent is None or absent not in card
 
 
 def test_card_bad_inputs_exit_2_naming_the_file(tmp_path):
@@ -92,15 +100,3 @@ def test_card_bad_inputs_exit_2_naming_the_file(tmp_path):
     result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report)])
     assert result.exit_code == 2 and "metrics.json: not found" in result.output
     assert not (bundle / "README.md").exists()
-
-
-def test_card_survives_a_damaged_history_file(tmp_path):
-    """A history CSV that is not numbers costs the card its "N of M epochs" remark, not the card."""
-    bundle, report, run = _setup(tmp_path)
-    (run / "history").mkdir()
-    (run / "history" / "finetune.csv").write_text("epoch,val_balanced_accuracy\n0,0.5\n1,garbage\n")
-    (run / "history" / "qat.csv").write_text("epoch,val_balanced_accuracy\n0,0.6\n1,0.61\n")
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    card = (bundle / "README.md").read_text()
-    assert result.exit_code == 0, result.output
-    assert "fine-tuning 6 epochs" in card and "stopped early" not in card and "QAT 2 epochs (lr/100)" in card

@@ -23,7 +23,7 @@ from collections import Counter
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -76,37 +76,43 @@ def check_label(label: str, source: str) -> str:
     return label
 
 
+def _csv_rows(path: Path, columns: Sequence[str], hint: str = "") -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a UTF-8 CSV that has `columns`; any read problem is a DataError naming the file."""
+    try:
+        # utf-8-sig: a spreadsheet's byte-order mark must not hide the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            absent = [c for c in columns if c not in (reader.fieldnames or [])]
+            if absent:
+                raise DataError(f"{path}: missing column(s) {', '.join(absent)}{hint}")
+            for row in reader:
+                yield reader.line_num, row
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
 def _ham_samples(root: Path) -> list[Sample]:
     meta = root / HAM_METADATA
     images = root / "images"
     if not images.is_dir():
         raise DataError(f"{images}: folder not found (the HAM10000 layout is {HAM_METADATA} + images/)")
     samples, missing, named = [], 0, 0
-    try:
-        # utf-8-sig: a spreadsheet's byte-order mark must not hide the first column's name
-        with open(meta, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            absent = [c for c in HAM_COLUMNS if c not in (reader.fieldnames or [])]
-            if absent:
-                raise DataError(f"{meta}: missing column(s) {', '.join(absent)}")
-            for row in reader:
-                # a short row has None for the columns it lacks
-                image_id, dx, lesion = ((row.get(c) or "").strip() for c in ("image_id", "dx", "lesion_id"))
-                if not image_id or not dx or "/" in image_id or "\\" in image_id or image_id.startswith("."):
-                    raise DataError(f"{meta}: line {reader.line_num}: bad image_id {image_id!r} or dx {dx!r}")
-                check_label(dx, f"{meta}: line {reader.line_num}")
-                named += 1
-                path = images / f"{image_id}.jpg"
-                if not path.is_file():
-                    missing += 1
-                    continue
-                samples.append(Sample(str(path), dx, lesion or image_id))
-    except UnicodeDecodeError:
-        raise DataError(f"{meta}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise DataError(f"{meta}: malformed CSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{meta}: cannot read ({exc.strerror})") from None
+    for line, row in _csv_rows(meta, HAM_COLUMNS):
+        # a short row has None for the columns it lacks
+        image_id, dx, lesion = ((row.get(c) or "").strip() for c in ("image_id", "dx", "lesion_id"))
+        if not image_id or not dx or "/" in image_id or "\\" in image_id or image_id.startswith("."):
+            raise DataError(f"{meta}: line {line}: bad image_id {image_id!r} or dx {dx!r}")
+        check_label(dx, f"{meta}: line {line}")
+        named += 1
+        path = images / f"{image_id}.jpg"
+        if not path.is_file():
+            missing += 1
+            continue
+        samples.append(Sample(str(path), dx, lesion or image_id))
     if named and missing == named:
         raise DataError(f"{meta}: none of the {named} images it names exist in {images}")
     if missing:
@@ -119,23 +125,11 @@ def read_lesion_ids(path: os.PathLike | str) -> dict[str, str]:
     """image_id -> lesion_id from a CSV with those two columns (HAM10000_metadata.csv is one)."""
     path = Path(path)
     out: dict[str, str] = {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            absent = [c for c in LESION_COLUMNS if c not in (reader.fieldnames or [])]
-            if absent:
-                raise DataError(f"{path}: missing column(s) {', '.join(absent)} (a lesion-id table needs "
-                                f"{' and '.join(LESION_COLUMNS)}, as HAM10000_metadata.csv has)")
-            for row in reader:
-                image_id, lesion = ((row.get(c) or "").strip() for c in LESION_COLUMNS)
-                if image_id and lesion:
-                    out[image_id] = lesion
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    for _, row in _csv_rows(path, LESION_COLUMNS, f" (a lesion-id table needs {' and '.join(LESION_COLUMNS)}, "
+                                                  "as HAM10000_metadata.csv has)"):
+        image_id, lesion = ((row.get(c) or "").strip() for c in LESION_COLUMNS)
+        if image_id and lesion:
+            out[image_id] = lesion
     if not out:
         raise DataError(f"{path}: no rows with both an image_id and a lesion_id")
     return out
@@ -143,8 +137,9 @@ def read_lesion_ids(path: os.PathLike | str) -> dict[str, str]:
 
 def group_by_lesion(samples: Sequence[Sample], lesion_ids: dict[str, str], source: str = "") -> list[Sample]:
     """Samples whose file stem is a known image_id take its lesion id as their group; the others keep theirs."""
-    out = [Sample(s.path, s.label, lesion_ids.get(Path(s.path).stem, s.group)) for s in samples]
-    matched = sum(Path(s.path).stem in lesion_ids for s in samples)
+    stems = [Path(s.path).stem for s in samples]
+    out = [Sample(s.path, s.label, lesion_ids.get(stem, s.group)) for s, stem in zip(samples, stems)]
+    matched = sum(stem in lesion_ids for stem in stems)
     if not matched:
         log.warning("%s: no image file name matches an image_id; the images stay grouped one by one", source)
     else:
