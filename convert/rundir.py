@@ -91,6 +91,18 @@ def read_history(history_csv: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k and k != "epoch"}
 
 
+def read_histories(run: Path) -> dict[str, dict[str, list[float]]]:
+    """Every RUN_DIR/history/<phase>.csv as phase -> column -> values. For the card and the report, which can do
+    without one: an unreadable file is left out with a warning naming it (training itself uses read_history)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for path in sorted((Path(run) / "history").glob("*.csv")):
+        try:
+            out[path.stem] = read_history(path)
+        except (OSError, ValueError) as exc:  # ValueError covers a non-number cell and UnicodeDecodeError
+            log.warning("%s: unreadable (%s); left out", path, exc)
+    return out
+
+
 def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
     return dict(sorted(Counter(s.label for s in samples).items()))
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from skinedge.convert.rundir import read_history
+from skinedge.convert.rundir import read_histories
 from skinedge.device.bundle import META_FILE
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,9 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[s
 
 
 def epochs_run(run: Path) -> dict[str, int]:
-    """Epochs each phase actually ran (rows of history/<phase>.csv): early stopping ends phases before their budget."""
-    ran = {}
-    for csv in sorted((run / "history").glob("*.csv")):
-        try:
-            ran[csv.stem] = max(map(len, read_history(csv).values()), default=0)
-        except (OSError, ValueError) as exc:  # the card still says the planned epochs; it is not worth failing for
-            log.warning("%s: unreadable (%s); the card gives this phase's planned epochs", csv, exc)
-    return ran
+    """Epochs each phase actually ran (rows of history/<phase>.csv): early stopping ends phases before their budget.
+    A phase whose history cannot be read is left out, and the card gives its planned epochs."""
+    return {phase: max(map(len, h.values()), default=0) for phase, h in read_histories(run).items()}
 
 
 def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skinedge.convert.metrics import classification_metrics
-from skinedge.convert.rundir import RunDir, RunDirError, read_history
+from skinedge.convert.rundir import RunDir, RunDirError, read_histories
 from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
@@ -110,17 +110,6 @@ def _table(variants: Sequence[Variant], metrics: dict[str, dict[str, Any]]) -> s
     return R.markdown_table({v.name: metrics[v.name] for v in variants})
 
 
-def _histories(run: RunDir) -> dict[str, dict[str, list[float]]]:
-    """RUN_DIR/history/<phase>.csv as phase -> column -> values (unreadable files are left out with a warning)."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for path in sorted((run.path / "history").glob("*.csv")):
-        try:
-            out[path.stem] = read_history(path)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            log.warning("%s: training curves left out (%s)", path, exc)
-    return {phase: h for phase, h in out.items() if h}
-
-
 def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: Path,
                 split: Optional[str] = None, limit: Optional[int] = None, threads: int = 2) -> dict[str, Any]:
     """Evaluate every available variant on the same images; write the report; return metrics and table."""
@@ -180,13 +169,15 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         metrics[v.name] = {"description": v.description, "size_bytes": v.size_bytes,
                            "latency_ms": round(v.latency_ms, 3), **m, "ece": round(ece, 6)}
     table = _table(variants, metrics)
+    histories: dict[str, dict[str, list[float]]] = {}
     if run:
         counts = {name: D.class_counts(run.splits[name]) for name in ("train", "val", "test") if run.splits.get(name)}
+        histories = {phase: h for phase, h in read_histories(run.path).items() if h}  # curves need at least a row
     else:
         counts = {"evaluated": {c: int(np.sum(y == i)) for i, c in enumerate(classes)}}
     inputs = R.ReportInputs(where=where, classes=classes, y=y, probs={v.name: v.probs for v in variants},
                             metrics=metrics, dataset=str(source), images=x, paths=[s.path for s in kept],
-                            flag_threshold=threshold, histories=_histories(run) if run else {},
+                            flag_threshold=threshold, histories=histories,
                             class_counts=counts)
 
     if out.exists():
