@@ -148,9 +148,9 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
 
 class PerChannelWeights(tfmot.quantization.keras.quantizers.Quantizer):
     """Symmetric per-channel int8 fake quantization of a conv kernel, as the TFLite converter quantizes it:
-    scale = max(max|w|, MIN_WEIGHT_RANGE) / 127 for each output channel (the last axis of a Conv2D kernel; for a DepthwiseConv2D kernel
-    (h, w, in, multiplier) every in x multiplier channel). No variables: the range is read from the weights at
-    every step, so checkpoints are the same with and without it."""
+    scale = max(max|w|, MIN_WEIGHT_RANGE) / 127 for each output channel (the last axis of a Conv2D kernel; for a
+    DepthwiseConv2D kernel (h, w, in, multiplier) every in x multiplier channel). No variables: the range is read
+    from the weights at every step, so checkpoints are the same with and without it."""
 
     def build(self, tensor_shape: Any, name: str, layer: Any) -> dict:
         # tfmot passes the QuantizeWrapper here, not the layer it wraps

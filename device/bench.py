@@ -278,7 +278,8 @@ def preprocess_costs(size: tuple[int, int], frames: int = 200) -> dict[str, Any]
             Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR).save(path, quality=90)
             out[f"jpeg_{w}x{h}"] = {"decoded_as": list(load_image(path, draft_size=size).size),
                                     "load_ms": p50(lambda path=path: load_image(path, draft_size=size)),
-                                    "total_ms": p50(lambda path=path: preprocess(load_image(path, draft_size=size), size))}
+                                    "total_ms": p50(lambda path=path: preprocess(load_image(path, draft_size=size),
+                                                                                  size))}
     return out
 
 

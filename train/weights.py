@@ -58,7 +58,8 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
         check_hdf5(Path(tmp))
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as exc:
-        raise WeightsError(f"cannot download {url} ({getattr(exc, 'reason', exc)}); offline, pass --weights PATH") from None
+        reason = getattr(exc, "reason", exc)
+        raise WeightsError(f"cannot download {url} ({reason}); offline, pass --weights PATH") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
