@@ -44,13 +44,16 @@ class ConvertError(ValueError):
 
 def split_description(cfg: dict) -> str:
     """How the run's split kept lesions apart, in words for model.json and the card."""
+    pinned = (f"; lesions that {cfg['init_from']} (the run it started from) trained or validated on kept in training"
+              if cfg.get("init_from") else "")
     if cfg.get("extra", {}).get("layout") == "ham10000":
-        return "stratified by class, grouped by lesion_id from the HAM10000 metadata (split.csv in the run dir)"
+        how = "grouped by lesion_id from the HAM10000 metadata"
+        return f"stratified by class, {how}{pinned} (split.csv in the run dir)"
     if cfg.get("lesion_ids"):
         how = f"grouped by lesion (lesion ids from {cfg['lesion_ids']}; images it does not name one by one)"
     else:
         how = "grouped by image (no lesion ids given: images of one lesion may sit on both sides)"
-    return f"stratified by class, {how}, byte-identical copies together (split.csv in the run dir)"
+    return f"stratified by class, {how}, byte-identical copies together{pinned} (split.csv in the run dir)"
 
 
 def _representative(images: np.ndarray, mean: float, std: float) -> Callable[[], Iterator[list[np.ndarray]]]:

@@ -199,3 +199,31 @@ def test_cnn_on_ham10000_end_to_end(tmp_path: Path):
     image = shared_path("data", "ham10000", "images", "ISIC_0027419.jpg")
     out = _cli("device", "classify", str(bundle), str(image), "--json")
     assert json.loads(out)["label"] in meta["labels"]
+
+
+def test_init_from_another_run_takes_its_backbone_and_keeps_its_lesions_out_of_validation_and_test(
+        mobilenet_run: Path, tmp_path: Path):
+    """HAM10000 started from the ISIC run above (the two share images): the backbone arrives unchanged (the head
+    phase trains only the head), and every lesion the ISIC run trained or validated on stays in training."""
+    from skinedge.convert.model import backbone_layers, load_float_model
+    from skinedge.convert.rundir import RunDir
+    from skinedge.train import data as D
+
+    run = tmp_path / "warm"
+    _cli("train", str(shared_path("data", "ham10000")), "--out", str(run), "--init-from", str(mobilenet_run),
+         "--img-size", "64", "--head-epochs", "1", "--epochs", "0", "--qat-epochs", "0", "--limit", "2000",
+         "--batch-size", "32")
+    warm, source = RunDir.open(run), RunDir.open(mobilenet_run)
+    assert warm.config["init_from"] == str(mobilenet_run) and warm.config["weights"] == "imagenet"
+    everything = [s for items in warm.splits.values() for s in items]
+    seen = D.seen_groups(everything, source.splits["train"] + source.splits["val"])
+    assert seen, "the ISIC slice shares no HAM10000 image with this one: the test proves nothing"
+    assert seen <= {s.group for s in warm.splits["train"]}
+    assert not seen & {s.group for name in ("val", "test") for s in warm.splits[name]}
+    ours = load_float_model("mobilenetv2", 7, 64, 1.0, str(run / "float.weights.h5"))
+    theirs = load_float_model("mobilenetv2", 9, 64, 1.0, str(mobilenet_run / "float.weights.h5"))
+    layers = [layer for layer in backbone_layers(ours) if layer.get_weights()]
+    assert len(layers) > 100
+    for layer in layers:
+        for a, b in zip(layer.get_weights(), theirs.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b, err_msg=layer.name)

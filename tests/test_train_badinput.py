@@ -467,3 +467,14 @@ def test_train_bad_lesion_id_table_is_one_line_naming_it(colour_data, tmp_path):
     assert not (tmp_path / "run").exists()
     missing = cli("train", colour_data, "--out", tmp_path / "run", "--lesion-ids", tmp_path / "absent.csv")
     assert_one_line_error(missing, 2, "absent.csv", "does not exist")
+
+
+def test_train_init_from_something_that_is_not_a_usable_run_is_one_line(colour_data, fake_run, tmp_path):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    result = cli("train", colour_data, "--out", tmp_path / "out", "--arch", "cnn", "--init-from", empty)
+    assert_one_line_error(result, 2, "--init-from", str(empty), "config.json is missing")
+    # fake_run is a cnn run: a MobileNetV2 run cannot take its layers
+    other = cli("train", colour_data, "--out", tmp_path / "out", "--init-from", fake_run)
+    assert_one_line_error(other, 2, str(fake_run), "a cnn (alpha 1.0) run", "pass the same --arch")
+    assert not (tmp_path / "out").exists()

@@ -62,6 +62,25 @@ def test_card_holds_the_recorded_figures_and_commands(tmp_path):
     assert "not a diagnosis" in card and not list(bundle.glob(".*tmp"))
 
 
+@pytest.mark.parametrize("source_config, expected", [
+    ({"extra": {"command": "skinedge train HAM --out ham"}}, "skinedge train HAM --out ham"),
+    (None, "its config.json is unreadable here"),
+])
+def test_card_of_a_run_started_from_another_lists_that_run_first(tmp_path, source_config, expected):
+    bundle, report, run = _setup(tmp_path)
+    source = tmp_path / "ham"
+    source.mkdir()
+    if source_config:
+        (source / "config.json").write_text(json.dumps(source_config))
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["training"]["config"]["init_from"] = str(source)
+    (bundle / "model.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    assert card.index(expected) < card.index("skinedge train DATA --out run --epochs 6")
+
+
 def test_card_hardware_option_fills_what_the_run_did_not_record(tmp_path):
     bundle, report, run = _setup(tmp_path)
     (run / "summary.json").write_text(json.dumps({"train_seconds": 60}))

@@ -204,3 +204,29 @@ def test_a_folder_run_without_lesion_ids_warns_that_images_are_split_one_by_one(
         assert ("pass --lesion-ids" in caplog.text) is (lesion_ids is None), name
     stored = TrainConfig.load(tmp_path / "grouped" / "config.json")
     assert stored.lesion_ids == str(table)  # --resume and the card see the table the split was made with
+
+
+def test_pinned_lesions_stay_in_training_and_the_rest_fills_validation_and_test():
+    from skinedge.train import data as D
+
+    samples, _, _ = D.list_samples(shared_path("data", "ham10000"))
+    lesions = sorted({s.group for s in samples})
+    assert D.split_samples(samples, 0.15, 0.15, 3, pinned=()) == D.split_samples(samples, 0.15, 0.15, 3)
+    pinned = set(lesions[::2])  # half of the lesions, as if a model this run starts from had trained on them
+    splits = D.split_samples(samples, 0.15, 0.15, 3, pinned=pinned)
+    groups = {name: {s.group for s in items} for name, items in splits.items()}
+    assert pinned <= groups["train"] and not pinned & (groups["val"] | groups["test"])
+    assert sum(len(v) for v in splits.values()) == len(samples)
+    for name in ("val", "test"):  # still about 15 % of all lesions each, drawn from the unpinned half
+        assert 0.12 < len(groups[name]) / len(lesions) < 0.18, (name, len(groups[name]))
+    with pytest.raises(D.DataError, match="unseen by the model it starts from"):
+        D.split_samples(samples, 0.15, 0.15, 3, pinned=set(lesions[: int(0.8 * len(lesions))]))
+
+
+def test_seen_groups_match_a_lesion_by_id_and_an_image_by_file_name():
+    from skinedge.train import data as D
+
+    ours = [D.Sample("isic/mel/ISIC_1.jpg", "melanoma", "HAM_A"), D.Sample("isic/mel/ISIC_2.jpg", "melanoma", "B"),
+            D.Sample("isic/nv/ISIC_3.jpg", "nevus", "C"), D.Sample("isic/nv/ISIC_4.jpg", "nevus", "C")]
+    seen = [D.Sample("ham/images/ISIC_9.jpg", "mel", "HAM_A"), D.Sample("ham/images/ISIC_4.jpg", "nv", "HAM_Z")]
+    assert D.seen_groups(ours, seen) == {"HAM_A", "C"}  # C through its image ISIC_4; B was never seen

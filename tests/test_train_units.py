@@ -184,3 +184,5 @@ def test_the_bundle_says_how_its_split_kept_lesions_apart():
     # an older run (no lesion_ids in its config) of a folder set claims no lesion grouping it did not have
     plain = split_description({"extra": {"layout": "folders"}})
     assert "grouped by image" in plain and "may sit on both sides" in plain
+    warm = split_description({"extra": {"layout": "folders"}, "lesion_ids": "meta.csv", "init_from": "runs/ham"})
+    assert "lesion ids from meta.csv" in warm and "that runs/ham (the run it started from) trained or validated" in warm

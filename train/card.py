@@ -62,8 +62,23 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[str]:
-    """The commands that made the bundle: training as typed, the rest rebuilt from their recorded options."""
+def source_command(cfg: dict[str, Any]) -> Optional[str]:
+    """The training command of the run this one started from (--init-from), read from its config.json; None when
+    there is none, or a comment saying it cannot be read (the card then says so rather than failing)."""
+    src = cfg.get("init_from")
+    if not src:
+        return None
+    try:
+        command = json.loads((Path(src) / "config.json").read_text(encoding="utf-8"))["extra"]["command"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: the command of the run this one started from is unreadable (%s)", src, exc)
+        return f"# first: the run {src} (its config.json is unreadable here)"
+    return str(command)
+
+
+def commands(meta: dict[str, Any], bundle: str, report: str, run: str, source: Optional[str] = None) -> list[str]:
+    """The commands that made the bundle: training as typed (after `source`, the command of the run it started
+    from), the rest rebuilt from their recorded options."""
     cfg = meta.get("training", {}).get("config", {})
     train = cfg.get("extra", {}).get("command") or f"skinedge train {cfg.get('data')} --out {run}"
     head, _, rest = train.partition(" train ")
@@ -79,7 +94,8 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str) -> list[s
     chosen = str(flag.get("chosen_for", ""))
     if chosen.startswith("sensitivity >= ") and not chosen.startswith("sensitivity >= 0.9 "):
         convert += f" --flag-sensitivity {chosen.split()[2]}"
-    return [train, convert, f"skinedge compare --run {run} --bundle {bundle} --out {report}",
+    return [*([source] if source else []), train, convert,
+            f"skinedge compare --run {run} --bundle {bundle} --out {report}",
             f"skinedge card {bundle} --report {report} --run {run}"]
 
 
@@ -202,7 +218,8 @@ def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Option
     summary = _read_json(run_path / "summary.json") if run and (run_path / "summary.json").exists() else None
     if run and summary is None:
         raise CardError(f"{run_path / 'summary.json'}: not found (is the run finished?)")
-    text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path)), hardware,
+    source = source_command(meta.get("training", {}).get("config", {}))
+    text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path), source), hardware,
                   train_time, epochs_run(run_path) if run else None)
     out = bundle / CARD_FILE
     tmp = bundle / f".{CARD_FILE}.tmp"

@@ -23,7 +23,7 @@ from collections import Counter
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -308,17 +308,36 @@ def _group_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple
     return [samples[i] for i in rest_idx], [samples[i] for i in held_idx]
 
 
+def seen_groups(samples: Sequence[Sample], seen: Sequence[Sample]) -> set[str]:
+    """The groups of `samples` that share a lesion or an image with `seen` (what another run trained or validated
+    on), matched by group name (HAM10000 lesion ids in both) or file name (ISIC ids name the same image in the ISIC
+    sets and HAM10000). A model started from that run has seen these lesions: they must not test it."""
+    groups = {s.group for s in seen}
+    stems = {Path(s.path).stem for s in seen}
+    return {s.group for s in samples if s.group in groups or Path(s.path).stem in stems}
+
+
 def split_samples(
-    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int
+    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int,
+    pinned: Collection[str] = (),
 ) -> dict[str, list[Sample]]:
     """train/val/test splits, stratified by class and grouped by lesion; seeded and deterministic.
 
     Every class keeps at least one group in training: a class too small to be spread over the three splits (a
     single image, say) is trained on and missing from validation or test, with a warning, rather than the other way
-    round."""
-    rest, test = _group_split(samples, test_fraction, seed) if test_fraction > 0 else (list(samples), [])
+    round. Groups in `pinned` go to training (a model this run starts from has seen them); validation and test are
+    drawn from the other groups, still `val_fraction` and `test_fraction` of all groups."""
+    fixed = [s for s in samples if s.group in pinned]
+    free = [s for s in samples if s.group not in pinned]
+    n_all, n_free = len({s.group for s in samples}), len({s.group for s in free})
+    if fixed:
+        if (val_fraction + test_fraction) * n_all >= 0.9 * n_free:
+            raise DataError(f"only {n_free} of {n_all} lesions/groups are unseen by the model it starts from: too "
+                            f"few to hold out {val_fraction:.0%} for validation and {test_fraction:.0%} for test")
+        val_fraction, test_fraction = val_fraction * n_all / n_free, test_fraction * n_all / n_free
+    rest, test = _group_split(free, test_fraction, seed) if test_fraction > 0 else (list(free), [])
     train, val = _group_split(rest, val_fraction / (1 - test_fraction), seed + 1)
-    splits = {"train": train, "val": val, "test": test}
+    splits = {"train": fixed + train, "val": val, "test": test}
     for label in sorted({s.label for s in samples} - {s.label for s in train}):
         # move this class's smallest group (by size, then name: deterministic) from val or test into training
         donors = [(len([s for s in items if s.group == g]), g, name)

@@ -43,6 +43,7 @@ from . import data as D
 from .config import TrainConfig
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
+from .warmstart import copy_backbone, open_source, pinned_groups
 from .weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,9 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
                     "show one lesion (the ISIC sets reuse HAM10000's), pass --lesion-ids", cfg.data)
     if cfg.limit:
         samples = D.limit_samples(samples, cfg.limit, cfg.seed)
+    pinned = pinned_groups(samples, open_source(cfg)) if cfg.init_from else set()
     try:
-        splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed, pinned=pinned)
     except D.DataError as exc:
         raise D.DataError(f"{cfg.data}: {exc}") from None
     try:
@@ -240,6 +242,8 @@ def _run_phase(
             model = load_float_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, start_weights)
         else:
             model = build_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, weights_path)
+            if cfg.init_from:
+                copy_backbone(model, open_source(cfg))
         if phase == "qat":
             model = quantize_model(model)
         set_phase(model, phase, cfg.arch, cfg.finetune_from)
@@ -309,7 +313,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     unseen = [c for i, c in enumerate(classes) if not np.any(y_tr == i)]
     if unseen:
         log.warning("class(es) %s have no readable training images: the model cannot learn them", ", ".join(unseen))
-    weights_path = resolve_weights(cfg.weights, cfg.alpha) if cfg.arch == "mobilenetv2" else None
+    # --init-from brings its own backbone: the ImageNet weights are neither needed nor downloaded
+    weights_path = resolve_weights(cfg.weights, cfg.alpha) if cfg.arch == "mobilenetv2" and not cfg.init_from else None
 
     found = _in_run(run, state.get("float_best"))
     float_best: Optional[str] = str(found) if found else None

@@ -1,0 +1,71 @@
+"""Start a run from another run's fine-tuned backbone (`skinedge train --init-from RUN`), without leaking lesions.
+
+    source = open_source(cfg)                         # RunError unless RUN is a finished run of the same arch
+    pinned = pinned_groups(samples, source)           # this run's lesions that RUN trained or validated on
+    splits = split_samples(samples, 0.15, 0.15, 42, pinned=pinned)   # ...stay in training
+    copy_backbone(model, source)                      # every layer but the head, before the head phase
+
+The typical use is HAM10000 before the 9-class ISIC set, which reuses HAM10000 images. A model that has trained on
+a lesion must not be validated or tested on it, nor should early stopping have been tuned on it: so every lesion
+(or image) the source run trained or validated on is pinned to this run's training split, and validation and test
+are drawn from the rest. The source run's own test lesions it never saw; they may land anywhere here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from skinedge.convert.rundir import RunDir, RunDirError, Sample
+
+from . import data as D
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+FLOAT_WEIGHTS = "float.weights.h5"  # the best float model a finished run leaves in its run dir
+
+
+class WarmStartError(ValueError):
+    """A source run that cannot be started from; the message names it and why."""
+
+
+def open_source(cfg: TrainConfig) -> RunDir:
+    """The run `cfg.init_from` names, checked to hold float weights this run's model can take."""
+    try:
+        source = RunDir.open(cfg.init_from, require=(FLOAT_WEIGHTS,))
+    except RunDirError as exc:
+        raise WarmStartError(f"--init-from: {exc}") from None
+    arch, alpha = source.config["arch"], float(source.config["alpha"])
+    if (arch, alpha) != (cfg.arch, cfg.alpha):
+        raise WarmStartError(f"--init-from {cfg.init_from}: a {arch} (alpha {alpha}) run; this run is {cfg.arch} "
+                             f"(alpha {cfg.alpha}): pass the same --arch and --alpha")
+    return source
+
+
+def pinned_groups(samples: Sequence[Sample], source: RunDir) -> set[str]:
+    """This run's groups that the source run trained or validated on (to be pinned to training)."""
+    pinned = D.seen_groups(samples, source.splits["train"] + source.splits["val"])
+    log.info("%s: %d of this run's %d lesions/groups were trained or validated on there; they stay in training",
+             source.path, len(pinned), len({s.group for s in samples}))
+    return pinned
+
+
+def copy_backbone(model, source: RunDir) -> None:
+    """Load the source run's float weights into every layer of `model` but the classification head.
+
+    Layers are matched by name (the model is built by the same code, so MobileNetV2 names its layers alike); the
+    head is left freshly initialised because the class lists differ. Convolution weights do not depend on the input
+    size, so the source may have trained at another --img-size."""
+    from skinedge.convert.model import backbone_layers, load_float_model
+
+    cfg = source.config
+    donor = load_float_model(cfg["arch"], len(source.classes), model.input_shape[1], float(cfg["alpha"]),
+                             str(source.path / FLOAT_WEIGHTS))
+    copied = 0
+    for layer in backbone_layers(model):
+        weights = donor.get_layer(layer.name).get_weights()
+        if weights:
+            layer.set_weights(weights)
+            copied += 1
+    log.info("initialised %d backbone layers from %s", copied, source.path / FLOAT_WEIGHTS)
