@@ -46,6 +46,8 @@ def split_description(cfg: dict) -> str:
     """How the run's split kept lesions apart, in words for model.json and the card."""
     pinned = (f"; lesions that {cfg['init_from']} (the run it started from) trained or validated on kept in training"
               if cfg.get("init_from") else "")
+    if cfg.get("leave_out"):
+        pinned += f"; lesions that {cfg['leave_out']} validates or tests on left out"
     if cfg.get("extra", {}).get("layout") == "ham10000":
         how = "grouped by lesion_id from the HAM10000 metadata"
         return f"stratified by class, {how}{pinned} (split.csv in the run dir)"

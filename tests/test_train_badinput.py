@@ -477,4 +477,6 @@ def test_train_init_from_something_that_is_not_a_usable_run_is_one_line(colour_d
     # fake_run is a cnn run: a MobileNetV2 run cannot take its layers
     other = cli("train", colour_data, "--out", tmp_path / "out", "--init-from", fake_run)
     assert_one_line_error(other, 2, str(fake_run), "a cnn (alpha 1.0) run", "pass the same --arch")
+    left = cli("train", colour_data, "--out", tmp_path / "out", "--arch", "cnn", "--leave-out", empty)
+    assert_one_line_error(left, 2, "--leave-out", str(empty), "config.json is missing")
     assert not (tmp_path / "out").exists()

@@ -62,23 +62,29 @@ def test_card_holds_the_recorded_figures_and_commands(tmp_path):
     assert "not a diagnosis" in card and not list(bundle.glob(".*tmp"))
 
 
-@pytest.mark.parametrize("source_config, expected", [
-    ({"extra": {"command": "skinedge train HAM --out ham"}}, "skinedge train HAM --out ham"),
-    (None, "its config.json is unreadable here"),
-])
-def test_card_of_a_run_started_from_another_lists_that_run_first(tmp_path, source_config, expected):
+@pytest.mark.parametrize("readable", [True, False])
+def test_card_of_a_pretrained_run_lists_the_runs_it_builds_on_first(tmp_path, readable):
+    """ISIC split -> HAM10000 leaving out its val/test lesions -> ISIC started from that: all three commands, in
+    the order to run them; a run whose config cannot be read is named in a comment instead."""
     bundle, report, run = _setup(tmp_path)
-    source = tmp_path / "ham"
-    source.mkdir()
-    if source_config:
-        (source / "config.json").write_text(json.dumps(source_config))
+    isic, ham = tmp_path / "isic", tmp_path / "ham"
+    isic.mkdir()
+    ham.mkdir()
+    (isic / "config.json").write_text(json.dumps({"extra": {"command": "skinedge train ISIC --out isic"}}))
+    if readable:
+        (ham / "config.json").write_text(json.dumps({"extra": {"command": "skinedge train HAM --leave-out isic"},
+                                                     "leave_out": str(isic)}))
     meta = json.loads((bundle / "model.json").read_text())
-    meta["training"]["config"]["init_from"] = str(source)
+    meta["training"]["config"]["init_from"] = str(ham)
     (bundle / "model.json").write_text(json.dumps(meta))
     result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
     assert result.exit_code == 0, result.output
     card = (bundle / "README.md").read_text()
-    assert card.index(expected) < card.index("skinedge train DATA --out run --epochs 6")
+    order = (["skinedge train ISIC --out isic", "skinedge train HAM --leave-out isic"] if readable
+             else [f"# first: the run {ham} (its config.json is unreadable here)"])
+    order.append("skinedge train DATA --out run --epochs 6")
+    positions = [card.find(text) for text in order]
+    assert -1 not in positions and positions == sorted(positions), positions
 
 
 def test_card_hardware_option_fills_what_the_run_did_not_record(tmp_path):

@@ -221,6 +221,41 @@ def test_pinned_lesions_stay_in_training_and_the_rest_fills_validation_and_test(
         assert 0.12 < len(groups[name]) / len(lesions) < 0.18, (name, len(groups[name]))
     with pytest.raises(D.DataError, match="unseen by the model it starts from"):
         D.split_samples(samples, 0.15, 0.15, 3, pinned=set(lesions[: int(0.8 * len(lesions))]))
+    # pinned lesions that the usual split trains on anyway leave it as it is (the --leave-out recipe)
+    usual = D.split_samples(samples, 0.15, 0.15, 3)
+    assert D.split_samples(samples, 0.15, 0.15, 3, pinned={s.group for s in usual["train"]}) == usual
+
+
+def test_leave_out_drops_the_lesions_and_images_another_run_validates_or_tests_on(tmp_path):
+    from skinedge.train import data as D
+    from skinedge.train.config import TrainConfig
+    from skinedge.train.fit import prepare_run
+
+    meta = shared_path("data", "ham10000", "HAM10000_metadata.csv")
+    with open(meta, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    lesion_of = {r["image_id"]: r["lesion_id"] for r in rows}
+    images_of: dict[str, list[str]] = {}
+    for r in rows:
+        images_of.setdefault(r["lesion_id"], []).append(r["image_id"])
+    shared = [lesion for lesion, images in images_of.items() if len(images) > 1][:40]
+    # an ISIC-like run: its val and test name HAM10000 images under ISIC ids, half of them grouped by lesion id
+    isic = tmp_path / "isic"
+    isic.mkdir()
+    (isic / "config.json").write_text('{"arch": "mobilenetv2", "alpha": 1.0, "img_size": 64}')
+    (isic / "labels.txt").write_text("melanoma\n")
+    held = [D.Sample(f"isic/melanoma/{images_of[lesion][0]}.jpg", "melanoma", lesion if i % 2 else f"img{i}")
+            for i, lesion in enumerate(shared)]
+    D.save_split(isic / "split.csv", {"train": [], "val": held[:20], "test": held[20:]})
+    cfg = TrainConfig(data=str(shared_path("data", "ham10000")), out=str(tmp_path / "ham"), leave_out=str(isic))
+    _, _, splits, _ = prepare_run(cfg, resume=False)
+    kept = [s for items in splits.values() for s in items]
+    by_lesion = {lesion_of[Path(s.path).stem] for s in kept}
+    by_image = {Path(s.path).stem for s in kept}
+    # matched by lesion id or by the image's file name, every image of those lesions goes, and nothing else
+    assert not set(shared) & by_lesion and not {images_of[lesion][0] for lesion in shared} & by_image
+    everything, _, _ = D.list_samples(shared_path("data", "ham10000"))
+    assert len(everything) - len(kept) == sum(1 for s in everything if s.group in set(shared))
 
 
 def test_seen_groups_match_a_lesion_by_id_and_an_image_by_file_name():

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from skinedge.convert.rundir import read_histories
 from skinedge.device.bundle import META_FILE
@@ -62,23 +62,29 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def source_command(cfg: dict[str, Any]) -> Optional[str]:
-    """The training command of the run this one started from (--init-from), read from its config.json; None when
-    there is none, or a comment saying it cannot be read (the card then says so rather than failing)."""
-    src = cfg.get("init_from")
-    if not src:
-        return None
-    try:
-        command = json.loads((Path(src) / "config.json").read_text(encoding="utf-8"))["extra"]["command"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: the command of the run this one started from is unreadable (%s)", src, exc)
-        return f"# first: the run {src} (its config.json is unreadable here)"
-    return str(command)
+def prior_commands(cfg: dict[str, Any], depth: int = 0) -> list[str]:
+    """The training commands of the runs this one builds on, in the order to run them: the run whose validation and
+    test lesions it left out (--leave-out) and the run it started from (--init-from), each after its own. Read
+    from their config.json files; one that cannot be read becomes a comment saying so rather than failing."""
+    out: list[str] = []
+    for key in ("leave_out", "init_from"):
+        src = cfg.get(key)
+        if not src or depth > 3:  # a deeper chain is not a recipe anyone wrote
+            continue
+        try:
+            prior = json.loads((Path(src) / "config.json").read_text(encoding="utf-8"))
+            command = str(prior["extra"]["command"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: the command of the run this one builds on is unreadable (%s)", src, exc)
+            out.append(f"# first: the run {src} (its config.json is unreadable here)")
+            continue
+        out += [c for c in prior_commands(prior, depth + 1) if c not in out] + [command]
+    return out
 
 
-def commands(meta: dict[str, Any], bundle: str, report: str, run: str, source: Optional[str] = None) -> list[str]:
-    """The commands that made the bundle: training as typed (after `source`, the command of the run it started
-    from), the rest rebuilt from their recorded options."""
+def commands(meta: dict[str, Any], bundle: str, report: str, run: str, prior: Sequence[str] = ()) -> list[str]:
+    """The commands that made the bundle: training as typed (after `prior`, the commands of the runs it builds on),
+    the rest rebuilt from their recorded options."""
     cfg = meta.get("training", {}).get("config", {})
     train = cfg.get("extra", {}).get("command") or f"skinedge train {cfg.get('data')} --out {run}"
     head, _, rest = train.partition(" train ")
@@ -94,7 +100,7 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str, source: O
     chosen = str(flag.get("chosen_for", ""))
     if chosen.startswith("sensitivity >= ") and not chosen.startswith("sensitivity >= 0.9 "):
         convert += f" --flag-sensitivity {chosen.split()[2]}"
-    return [*([source] if source else []), train, convert,
+    return [*prior, train, convert,
             f"skinedge compare --run {run} --bundle {bundle} --out {report}",
             f"skinedge card {bundle} --report {report} --run {run}"]
 
@@ -218,8 +224,8 @@ def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Option
     summary = _read_json(run_path / "summary.json") if run and (run_path / "summary.json").exists() else None
     if run and summary is None:
         raise CardError(f"{run_path / 'summary.json'}: not found (is the run finished?)")
-    source = source_command(meta.get("training", {}).get("config", {}))
-    text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path), source), hardware,
+    prior = prior_commands(meta.get("training", {}).get("config", {}))
+    text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path), prior), hardware,
                   train_time, epochs_run(run_path) if run else None)
     out = bundle / CARD_FILE
     tmp = bundle / f".{CARD_FILE}.tmp"

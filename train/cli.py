@@ -78,6 +78,8 @@ class WeightsChoice(click.ParamType):
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=str),
               help="Start from another finished run's backbone instead of --weights (HAM10000 before ISIC); the "
                    "lesions it trained or validated on stay in this run's training split.")
+@click.option("--leave-out", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Leave out the lesions another run validates or tests on, so that run can --init-from this one.")
 @click.option("--img-size", type=click.IntRange(32, MAX_IMG_SIZE), default=128, show_default=True,
               help="Input size (px).")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
@@ -105,10 +107,11 @@ class WeightsChoice(click.ParamType):
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
-def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str], img_size: int,
-          head_epochs: int, epochs: int, qat_epochs: int, batch_size: int, lr: float, finetune_from: float,
-          balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str], test_fraction: float,
-          val_fraction: float, patience: int, seed: int, no_augment: bool, resume: bool) -> None:
+def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
+          leave_out: Optional[str], img_size: int, head_epochs: int, epochs: int, qat_epochs: int, batch_size: int,
+          lr: float, finetune_from: float, balance: str, label_smoothing: float, limit: Optional[int],
+          lesion_ids: Optional[str], test_fraction: float, val_fraction: float, patience: int, seed: int,
+          no_augment: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -122,7 +125,8 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
           --weights ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5 --img-size 160 --epochs 15
       skinedge train ../shared/data/isic9/Train --arch cnn --epochs 20 --out runs/isic-cnn \\
           --lesion-ids ../shared/data/ham10000/HAM10000_metadata.csv
-      skinedge train ../shared/data/isic9/Train --out runs/isic9-from-ham --init-from runs/ham \\
+      skinedge train ../shared/data/ham10000 --out runs/ham-for-isic9 --leave-out runs/isic9
+      skinedge train ../shared/data/isic9/Train --out runs/isic9-from-ham --init-from runs/ham-for-isic9 \\
           --lesion-ids ../shared/data/ham10000/HAM10000_metadata.csv
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
@@ -137,8 +141,8 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
     from .weights import WeightsError
 
     cfg = TrainConfig(
-        data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, init_from=init_from, img_size=img_size,
-        head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
+        data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, init_from=init_from, leave_out=leave_out,
+        img_size=img_size, head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience, seed=seed,
         augment=not no_augment,

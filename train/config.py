@@ -24,6 +24,8 @@ class TrainConfig:
     weights: str = "imagenet"  # "imagenet" (download), "none" (random init) or a path to a no-top .h5 file
     init_from: Optional[str] = None  # a finished run dir to start from instead (all but its head); the lesions it
     #   trained or validated on stay in this run's training split (HAM10000 before the ISIC set)
+    leave_out: Optional[str] = None  # a run dir whose validation and test lesions this run leaves out entirely, so
+    #   that run can --init-from this one without having seen them
     img_size: int = 128  # square model input in pixels; MobileNetV2 works at any size >= 32
     head_epochs: int = 2  # float phase 1: train the new head with the backbone frozen (mobilenetv2 only)
     epochs: int = 10  # float phase 2: fine-tune (the upper backbone unfrozen for mobilenetv2, everything for cnn)

@@ -325,19 +325,27 @@ def split_samples(
 
     Every class keeps at least one group in training: a class too small to be spread over the three splits (a
     single image, say) is trained on and missing from validation or test, with a warning, rather than the other way
-    round. Groups in `pinned` go to training (a model this run starts from has seen them); validation and test are
-    drawn from the other groups, still `val_fraction` and `test_fraction` of all groups."""
+    round. Groups in `pinned` go to training (a model this run starts from has seen them): the split is the usual one
+    when it already trains on all of them, else validation and test are drawn from the other groups, still
+    `val_fraction` and `test_fraction` of all groups."""
+    usual = _split(samples, val_fraction, test_fraction, seed)
+    if not pinned or not pinned & {s.group for name in ("val", "test") for s in usual[name]}:
+        return usual
     fixed = [s for s in samples if s.group in pinned]
     free = [s for s in samples if s.group not in pinned]
     n_all, n_free = len({s.group for s in samples}), len({s.group for s in free})
-    if fixed:
-        if (val_fraction + test_fraction) * n_all >= 0.9 * n_free:
-            raise DataError(f"only {n_free} of {n_all} lesions/groups are unseen by the model it starts from: too "
-                            f"few to hold out {val_fraction:.0%} for validation and {test_fraction:.0%} for test")
-        val_fraction, test_fraction = val_fraction * n_all / n_free, test_fraction * n_all / n_free
-    rest, test = _group_split(free, test_fraction, seed) if test_fraction > 0 else (list(free), [])
+    if (val_fraction + test_fraction) * n_all >= 0.9 * n_free:
+        raise DataError(f"only {n_free} of {n_all} lesions/groups are unseen by the model it starts from: too "
+                        f"few to hold out {val_fraction:.0%} for validation and {test_fraction:.0%} for test")
+    val_fraction, test_fraction = val_fraction * n_all / n_free, test_fraction * n_all / n_free
+    pinned_split = _split(free, val_fraction, test_fraction, seed)
+    return {**pinned_split, "train": fixed + pinned_split["train"]}
+
+
+def _split(samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Sample]]:
+    rest, test = _group_split(samples, test_fraction, seed) if test_fraction > 0 else (list(samples), [])
     train, val = _group_split(rest, val_fraction / (1 - test_fraction), seed + 1)
-    splits = {"train": fixed + train, "val": val, "test": test}
+    splits = {"train": train, "val": val, "test": test}
     for label in sorted({s.label for s in samples} - {s.label for s in train}):
         # move this class's smallest group (by size, then name: deterministic) from val or test into training
         donors = [(len([s for s in items if s.group == g]), g, name)

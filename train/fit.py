@@ -43,7 +43,7 @@ from . import data as D
 from .config import TrainConfig
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
-from .warmstart import copy_backbone, open_source, pinned_groups
+from .warmstart import copy_backbone, left_out, open_run, open_source, pinned_groups
 from .weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,8 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
         # the split cannot see that two files show one lesion; say so rather than report "lesions" it never had
         log.warning("%s: a folder per class names no lesions, so every image is split on its own; if several images "
                     "show one lesion (the ISIC sets reuse HAM10000's), pass --lesion-ids", cfg.data)
+    if cfg.leave_out:
+        samples = left_out(samples, open_run(cfg.leave_out, "--leave-out"))
     if cfg.limit:
         samples = D.limit_samples(samples, cfg.limit, cfg.seed)
     pinned = pinned_groups(samples, open_source(cfg)) if cfg.init_from else set()

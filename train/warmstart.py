@@ -1,14 +1,17 @@
-"""Start a run from another run's fine-tuned backbone (`skinedge train --init-from RUN`), without leaking lesions.
+"""Pretrain on one data set for another without leaking lesions: `skinedge train --leave-out RUN` / `--init-from RUN`.
 
+    samples = left_out(samples, open_run(cfg.leave_out, "--leave-out"))   # pretraining: drop RUN's val/test lesions
     source = open_source(cfg)                         # RunError unless RUN is a finished run of the same arch
     pinned = pinned_groups(samples, source)           # this run's lesions that RUN trained or validated on
     splits = split_samples(samples, 0.15, 0.15, 42, pinned=pinned)   # ...stay in training
     copy_backbone(model, source)                      # every layer but the head, before the head phase
 
 The typical use is HAM10000 before the 9-class ISIC set, which reuses HAM10000 images. A model that has trained on
-a lesion must not be validated or tested on it, nor should early stopping have been tuned on it: so every lesion
-(or image) the source run trained or validated on is pinned to this run's training split, and validation and test
-are drawn from the rest. The source run's own test lesions it never saw; they may land anywhere here.
+a lesion must not be validated or tested on it, nor should early stopping have been tuned on it. The clean recipe
+is three runs: an ISIC run fixes the ISIC split; a HAM10000 run with `--leave-out` that ISIC run never sees its
+validation or test lesions; an ISIC run with `--init-from` the HAM10000 run then keeps the very same split. Without
+the `--leave-out` step, `--init-from` still keeps every lesion (or image) the source trained or validated on in
+training, and draws validation and test from the rest, which can leave some classes with few test images.
 """
 
 from __future__ import annotations
@@ -30,12 +33,26 @@ class WarmStartError(ValueError):
     """A source run that cannot be started from; the message names it and why."""
 
 
+def open_run(path: str, option: str, require: Sequence[str] = ()) -> RunDir:
+    try:
+        return RunDir.open(path, require=require)
+    except RunDirError as exc:
+        raise WarmStartError(f"{option}: {exc}") from None
+
+
+def left_out(samples: Sequence[Sample], run: RunDir) -> list[Sample]:
+    """`samples` without the lesions (and images) that `run` validates or tests on, for a run meant to pretrain a
+    model for that run's data."""
+    held = D.seen_groups(samples, run.splits["val"] + run.splits["test"])
+    kept = [s for s in samples if s.group not in held]
+    log.info("left out %d images of %d lesions/groups that %s validates or tests on", len(samples) - len(kept),
+             len(held), run.path)
+    return kept
+
+
 def open_source(cfg: TrainConfig) -> RunDir:
     """The run `cfg.init_from` names, checked to hold float weights this run's model can take."""
-    try:
-        source = RunDir.open(cfg.init_from, require=(FLOAT_WEIGHTS,))
-    except RunDirError as exc:
-        raise WarmStartError(f"--init-from: {exc}") from None
+    source = open_run(cfg.init_from, "--init-from", require=(FLOAT_WEIGHTS,))
     arch, alpha = source.config["arch"], float(source.config["alpha"])
     if (arch, alpha) != (cfg.arch, cfg.alpha):
         raise WarmStartError(f"--init-from {cfg.init_from}: a {arch} (alpha {alpha}) run; this run is {cfg.arch} "
