@@ -85,6 +85,7 @@ def test_card_of_a_pretrained_run_lists_the_runs_it_builds_on_first(tmp_path, re
     order.append("skinedge train DATA --out run --epochs 6")
     positions = [card.find(text) for text in order]
     assert -1 not in positions and positions == sorted(positions), positions
+    assert f"backbone from the run {ham}" in card and "ImageNet init" not in card
 
 
 def test_card_hardware_option_fills_what_the_run_did_not_record(tmp_path):

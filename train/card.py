@@ -138,8 +138,9 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
              "```bash\n" + "\n".join(cmds) + "\n```",
              "Paths are those of the machine that made the model (there `../shared` was the data folder).",
              _table(["", ""], [
-                 ["architecture", f"{arch.get('arch')} (alpha {arch.get('alpha')}), ImageNet init: "
-                                  f"{cfg.get('weights')}"],
+                 ["architecture", f"{arch.get('arch')} (alpha {arch.get('alpha')}), "
+                                  + (f"backbone from the run {cfg['init_from']}" if cfg.get("init_from")
+                                     else f"ImageNet init: {cfg.get('weights')}")],
                  ["input", f"{inp.get('height')}x{inp.get('width')} RGB {inp.get('dtype')}, raw pixels 0-255, "
                            f"{inp.get('resize')} then {inp.get('interpolation')} resize (skinedge.device.preprocess)"],
                  ["schedule", f"head {_epochs(cfg, ran, 'head', 'head_epochs')} (lr {cfg.get('lr')}), fine-tuning "
