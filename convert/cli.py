@@ -37,14 +37,14 @@ def convert(run_dir: str, out: str, min_agreement: float, calibration_images: in
     Example:
       skinedge convert runs/ham --out models/ham --min-agreement 0.99
     """
-    from .rundir import RunDir, RunDirError
+    from .rundir import QAT_WEIGHTS, RunDir, RunDirError
 
     # everything that can be known before TensorFlow is imported and the model converted: exit 2 at once
     try:
-        run = RunDir.open(run_dir, require=("qat.weights.h5",))
+        run = RunDir.open(run_dir, require=(QAT_WEIGHTS,))
     except RunDirError as exc:
         raise InputError(one_line(exc)) from None
-    check_hdf5(run.path / "qat.weights.h5")
+    check_hdf5(run.path / QAT_WEIGHTS)
     if Path(out).resolve() == Path(run_dir).resolve():
         raise click.BadParameter("the bundle cannot replace the run dir it is made from.", param_hint="'--out'")
     check_out_dir(out, replaceable=is_bundle_dir, what="bundle")

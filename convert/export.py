@@ -29,7 +29,7 @@ from skinedge.device.golden import make_golden
 
 from .metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
 from .model import input_normalization, int32_biases, load_qat_model, rescale_layer
-from .rundir import RunDir, RunDirError, class_counts
+from .rundir import QAT_WEIGHTS, RunDir, RunDirError, class_counts
 from .tfcompat import keras, tf
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,13 @@ def convert_run(
 ) -> dict[str, Any]:
     """Convert RUN_DIR's QAT model into a verified int8 bundle at OUT_DIR; returns the bundle's model.json."""
     try:
-        run = RunDir.open(run_dir, require=("qat.weights.h5",))
+        run = RunDir.open(run_dir, require=(QAT_WEIGHTS,))
     except RunDirError as exc:
         raise ConvertError(str(exc)) from None
     cfg, classes, size = run.config, run.classes, run.img_size
 
     t0 = time.time()
-    qat = load_qat_model(cfg["arch"], len(classes), size[0], cfg["alpha"], str(run.path / "qat.weights.h5"))
+    qat = load_qat_model(cfg["arch"], len(classes), size[0], cfg["alpha"], str(run.path / QAT_WEIGHTS))
     calib = run.calibration(calibration_images)
     tflite = to_int8_tflite(qat, calib)
     norm = input_normalization(qat)

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
 SPLIT_FILE = "split.csv"
+FLOAT_WEIGHTS = "float.weights.h5"  # the best float model of a finished run
+QAT_WEIGHTS = "qat.weights.h5"  # its QAT model, what convert turns into int8
 
 
 class RunDirError(ValueError):
@@ -211,7 +213,7 @@ class RunDir:
         run = Path(path)
         for needed in (CONFIG_FILE, LABELS_FILE, SPLIT_FILE, *require):
             if not (run / needed).is_file():
-                hint = " (did training finish its QAT phase?)" if needed == "qat.weights.h5" else ""
+                hint = " (did training finish its QAT phase?)" if needed == QAT_WEIGHTS else ""
                 raise RunDirError(f"{run}: not a finished training run, {needed} is missing{hint}")
         try:
             config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -216,15 +216,15 @@ def compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], 
 
 def _check_compare_inputs(run_dir: Optional[str], bundle: Optional[str], threads: int) -> None:
     """Open the run dir and the bundle before any work (both cheap, no TensorFlow): exit 2 naming the file."""
-    from skinedge.convert.rundir import RunDir, RunDirError
+    from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError
     from skinedge.device.bundle import BundleError
     from skinedge.device.classifier import ImageClassifier
     from skinedge.device.labels import LabelsError
 
     try:
         if run_dir:
-            run = RunDir.open(run_dir, require=("float.weights.h5",))
-            for name in ("float.weights.h5", "qat.weights.h5"):
+            run = RunDir.open(run_dir, require=(FLOAT_WEIGHTS,))
+            for name in (FLOAT_WEIGHTS, QAT_WEIGHTS):
                 if (run.path / name).exists():
                     check_hdf5(run.path / name)
         if bundle:

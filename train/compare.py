@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skinedge.convert.metrics import classification_metrics
-from skinedge.convert.rundir import RunDir, RunDirError, read_histories
+from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, read_histories
 from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
@@ -114,7 +114,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
                 split: Optional[str] = None, limit: Optional[int] = None, threads: int = 2) -> dict[str, Any]:
     """Evaluate every available variant on the same images; write the report; return metrics and table."""
     try:
-        run = RunDir.open(run_dir, require=("float.weights.h5",)) if run_dir else None
+        run = RunDir.open(run_dir, require=(FLOAT_WEIGHTS,)) if run_dir else None
     except RunDirError as exc:
         raise CompareError(str(exc)) from None
     clf = None
@@ -145,10 +145,10 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         from skinedge.convert.model import input_normalization, load_float_model, load_qat_model
 
         arch, alpha = run.config["arch"], run.config["alpha"]
-        float_model = load_float_model(arch, len(classes), size[0], alpha, str(run.path / "float.weights.h5"))
+        float_model = load_float_model(arch, len(classes), size[0], alpha, str(run.path / FLOAT_WEIGHTS))
         variants.append(_keras_variant("float", "Keras float32", float_model, x, 4 * float_model.count_params()))
-        if (run.path / "qat.weights.h5").is_file():
-            qat = load_qat_model(arch, len(classes), size[0], alpha, str(run.path / "qat.weights.h5"))
+        if (run.path / QAT_WEIGHTS).is_file():
+            qat = load_qat_model(arch, len(classes), size[0], alpha, str(run.path / QAT_WEIGHTS))
             variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x, 4 * qat.count_params()))
         with tempfile.TemporaryDirectory() as tmp:
             log.info("post-training quantization of the float model (the PTQ baseline)")

@@ -35,7 +35,7 @@ from skinedge.convert.model import (
     quantize_model,
     set_phase,
 )
-from skinedge.convert.rundir import RunDir, RunDirError, cache_dir, read_history
+from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, cache_dir, read_history
 from skinedge.convert.tfcompat import keras, tf
 from skinedge.device.labels import format_labels
 
@@ -363,8 +363,8 @@ def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.nda
     x_va, y_va = val_xy
     metrics: dict[str, Any] = {}
     if float_best:
-        _copy_file(Path(float_best), run / "float.weights.h5")
-        model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "float.weights.h5"))
+        _copy_file(Path(float_best), run / FLOAT_WEIGHTS)
+        model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / FLOAT_WEIGHTS))
         tmp = run / "float.tmp.keras"
         try:
             model.save(tmp)
@@ -374,8 +374,8 @@ def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.nda
         float_probs = model.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         metrics["float"] = classification_metrics(y_va, float_probs, classes)
     if state["phases"].get("qat", {}).get("done"):
-        _copy_file(_in_run(run, state["phases"]["qat"]["weights"]), run / "qat.weights.h5")
-        qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / "qat.weights.h5"))
+        _copy_file(_in_run(run, state["phases"]["qat"]["weights"]), run / QAT_WEIGHTS)
+        qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / QAT_WEIGHTS))
         qat_probs = qat.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         ref = float_probs.argmax(1) if float_best else None
         metrics["qat"] = classification_metrics(y_va, qat_probs, classes, reference_pred=ref)

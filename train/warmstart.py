@@ -19,15 +19,12 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from skinedge.convert.rundir import RunDir, RunDirError, Sample
+from skinedge.convert.rundir import FLOAT_WEIGHTS, RunDir, RunDirError, Sample
 
 from . import data as D
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-FLOAT_WEIGHTS = "float.weights.h5"  # the best float model a finished run leaves in its run dir
-
 
 class WarmStartError(ValueError):
     """A source run that cannot be started from; the message names it and why."""
