@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from conftest import TEST_COLOURS, assert_one_line_error, shared_path
 
 TRAIN_ARGS = ["--arch", "cnn", "--weights", "none", "--img-size", "32", "--limit", "80", "--epochs", "8",
-              "--qat-epochs", "2", "--batch-size", "4", "--patience", "50", "--seed", "7"]
+              "--qat-epochs", "2", "--batch-size", "4", "--patience", "50", "--swa-epochs", "3", "--seed", "7"]
 
 
 def cli(*args, **kwargs):
@@ -100,6 +100,19 @@ def test_resume_finishes_with_the_same_outputs(resumed_run):
     assert state["phases"]["finetune"]["done"] and state["phases"]["qat"]["done"]
     assert not any(Path(p["weights"]).is_absolute() for p in state["phases"].values())  # movable run dir
     assert not any((run / "backup").iterdir())  # phase backups are cleared once a phase is done
+
+
+def test_resume_finishes_the_weight_average_and_keeps_the_better_model(resumed_run):
+    """--swa-epochs 3 across the kill: the last three fine-tuning epochs were averaged, the average was scored on
+    validation, and the phase kept whichever of it and the best single epoch scored higher."""
+    run = resumed_run["run"]
+    finetune = json.loads((run / "state.json").read_text())["phases"]["finetune"]
+    swa = finetune["swa"]
+    assert swa["epochs"] == 3 and (run / "checkpoints" / "finetune.swa.npz").is_file()
+    assert swa["kept"] == (swa["val_balanced_accuracy"] > swa["best_single_epoch"])
+    assert finetune["best"] == max(swa["val_balanced_accuracy"], swa["best_single_epoch"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["phases"]["finetune"]["swa"] == swa  # what the model card reports
 
 
 def test_resume_keeps_the_split_and_config(resumed_run):

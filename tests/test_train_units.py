@@ -186,3 +186,90 @@ def test_the_bundle_says_how_its_split_kept_lesions_apart():
     assert "grouped by image" in plain and "may sit on both sides" in plain
     warm = split_description({"extra": {"layout": "folders"}, "lesion_ids": "meta.csv", "init_from": "runs/ham"})
     assert "lesion ids from meta.csv" in warm and "that runs/ham (the run it started from) trained or validated" in warm
+
+
+def _set_epoch_weights(model, rng) -> list[np.ndarray]:
+    weights = [rng.normal(size=w.shape).astype(np.float32) for w in model.get_weights()]
+    model.set_weights(weights)
+    return weights
+
+
+def test_weight_average_is_the_mean_of_its_window_and_continues_after_a_restart(tmp_path, caplog):
+    from skinedge.convert.tfcompat import keras
+    from skinedge.train.swa import WeightAverage
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    rng, state = np.random.default_rng(0), tmp_path / "finetune.swa.npz"
+    first = WeightAverage(start_epoch=2, state_file=state)
+    first.set_model(model)
+    first.on_train_begin()
+    window = []
+    for epoch in range(4):  # epochs 0 and 1 fall before the window
+        weights = _set_epoch_weights(model, rng)
+        first.on_epoch_end(epoch)
+        if epoch >= 2:
+            window.append(weights)
+    assert first.count == 2 and state.is_file() and not list(tmp_path.glob("*.tmp*"))
+    # the process is killed; the resumed phase replays epoch 3 (its backup was not written yet), then goes on
+    resumed = WeightAverage(start_epoch=2, state_file=state)
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    assert (resumed.count, resumed.last_epoch) == (2, 3)
+    _set_epoch_weights(model, rng)
+    resumed.on_epoch_end(3)  # already in the average: not counted twice
+    for epoch in (4, 5):
+        window.append(_set_epoch_weights(model, rng))
+        resumed.on_epoch_end(epoch)
+    assert resumed.count == 4
+    resumed.apply(model)
+    for got, *seen in zip(model.get_weights(), *window):
+        np.testing.assert_allclose(got, np.mean(seen, axis=0), rtol=1e-5, atol=1e-6)
+    # a damaged state file is reported and the average starts again rather than stopping the run
+    state.write_bytes(b"not an npz")
+    restarted = WeightAverage(start_epoch=2, state_file=state)
+    restarted.set_model(model)
+    restarted.on_train_begin()
+    assert restarted.count == 0 and "unreadable" in caplog.text
+    with pytest.raises(ValueError, match="no epoch"):
+        restarted.apply(model)
+
+
+def test_train_refuses_more_swa_epochs_than_fine_tuning_epochs(tmp_path):
+    from conftest import assert_one_line_error
+    from skinedge.cli import main
+
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                                       "--epochs", "5", "--swa-epochs", "6"])
+    assert_one_line_error(result, 2, "--swa-epochs", "--epochs")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("best_single_epoch", [-1.0, 2.0])
+def test_weight_average_replaces_the_best_checkpoint_only_when_it_scores_higher(tmp_path, best_single_epoch):
+    from skinedge.convert.tfcompat import keras
+    from skinedge.train.fit import MONITOR, _use_average
+    from skinedge.train.swa import WeightAverage
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    best_file = tmp_path / "finetune.weights.h5"
+    model.save_weights(str(best_file))
+    before = best_file.read_bytes()
+    swa = WeightAverage(0, tmp_path / "finetune.swa.npz")
+    swa.set_model(model)
+    rng = np.random.default_rng(3)
+    for epoch in range(3):
+        _set_epoch_weights(model, rng)
+        swa.on_epoch_end(epoch)
+    x, y = rng.normal(size=(20, 3)).astype(np.float32), rng.integers(0, 2, 20)
+    result = _use_average(swa, model, (x, y), 8, best_single_epoch, best_file)
+    assert result["epochs"] == 3 and 0 <= result[MONITOR] <= 1
+    assert result["kept"] == (best_single_epoch < 0)  # a score of 2 cannot be beaten, -1 always is
+    if result["kept"]:
+        reloaded = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+        reloaded.load_weights(str(best_file))
+        for got, want in zip(reloaded.get_weights(), swa.mean):
+            np.testing.assert_allclose(got, want)
+    else:
+        assert best_file.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune.swa.npz", "finetune.weights.h5"]

@@ -118,6 +118,18 @@ def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> s
     return f"{planned} epochs"
 
 
+def _swa(cfg: dict[str, Any], summary: Optional[dict[str, Any]]) -> str:
+    """The schedule's note on weight averaging: how many epochs, and whether the average won on validation."""
+    if not cfg.get("swa_epochs"):
+        return ""
+    done = ((summary or {}).get("phases", {}).get("finetune") or {}).get("swa")
+    if not done:
+        return f"; weights of the last {cfg['swa_epochs']} fine-tuning epochs averaged (SWA), none compared"
+    return (f"; weights of the last {done['epochs']} fine-tuning epochs averaged (SWA): validation balanced accuracy "
+            f"{done.get('val_balanced_accuracy', 0):.3f} against {done.get('best_single_epoch', 0):.3f} for the best "
+            f"single epoch, so the {'average' if done.get('kept') else 'best single epoch'} was kept")
+
+
 def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict[str, Any]],
            cmds: list[str], hardware: Optional[str] = None, train_time: Optional[str] = None,
            ran: Optional[dict[str, int]] = None) -> str:
@@ -148,7 +160,8 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                               f"{1 - cfg.get('finetune_from', 0.6):.0%} of the backbone), QAT "
                               f"{_epochs(cfg, ran, 'qat', 'qat_epochs')} (lr/100); batch {cfg.get('batch_size')}, "
                               f"early stopping patience {cfg.get('patience')}, class imbalance: {cfg.get('balance')}, "
-                              f"label smoothing {cfg.get('label_smoothing')}, seed {cfg.get('seed')}"],
+                              f"label smoothing {cfg.get('label_smoothing')}, seed {cfg.get('seed')}"
+                              + _swa(cfg, summary)],
                  ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
                                   + ", ".join(f"{k} {v}" for k, v in q.get("tools", {}).items())],
                  ["training time", train_time or (f"{seconds / 60:.0f} min" if seconds else "not recorded")],

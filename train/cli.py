@@ -104,14 +104,17 @@ class WeightsChoice(click.ParamType):
 @click.option("--val-fraction", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
               show_default=True, help="Lesions held out for validation.")
 @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True, help="Early stopping.")
+@click.option("--swa-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also average the weights of the last N fine-tuning epochs (SWA); the average is kept only if it "
+                   "beats the best single epoch on validation.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
           leave_out: Optional[str], img_size: int, head_epochs: int, epochs: int, qat_epochs: int, batch_size: int,
           lr: float, finetune_from: float, balance: str, label_smoothing: float, limit: Optional[int],
-          lesion_ids: Optional[str], test_fraction: float, val_fraction: float, patience: int, seed: int,
-          no_augment: bool, resume: bool) -> None:
+          lesion_ids: Optional[str], test_fraction: float, val_fraction: float, patience: int, swa_epochs: int,
+          seed: int, no_augment: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -131,6 +134,9 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
+    if swa_epochs > epochs:
+        raise click.BadParameter(f"{swa_epochs} is more than the {epochs} fine-tuning epochs (--epochs).",
+                                 param_hint="'--swa-epochs'")
 
     from skinedge.convert.rundir import RunDirError
 
@@ -144,8 +150,8 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
         data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, init_from=init_from, leave_out=leave_out,
         img_size=img_size, head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
-        lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience, seed=seed,
-        augment=not no_augment,
+        lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience,
+        swa_epochs=swa_epochs, seed=seed, augment=not no_augment,
     )
     try:
         summary = run_training(cfg, resume=resume)

@@ -40,6 +40,8 @@ class TrainConfig:
     test_fraction: float = 0.15  # share of lesions held out as the test split, never used in training or tuning
     limit: Optional[int] = None  # use only this many images (stratified: every class keeps some) for quick runs
     patience: int = 4  # early stopping: epochs without val improvement before stopping a phase
+    swa_epochs: int = 0  # fine-tuning: also average the weights of its last N epochs (SWA); the average replaces
+    #   the best single epoch only if it scores higher on validation. 0 = off
     seed: int = 42  # seeds the split, the sampling, weight init and augmentation
     augment: bool = True  # flips, 90-degree rotations, small rotation, zoom, mild colour jitter
     cache_dir: Optional[str] = None  # where decoded images are cached (.npy); default: RUN_DIR/cache
@@ -53,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"unknown balance mode {self.balance!r}")
         if self.img_size < 32:
             raise ValueError("img_size must be at least 32")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ValueError("swa_epochs must be between 0 and the number of fine-tuning epochs")
         if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5) and test_fraction in [0, 0.5)")
 

@@ -43,6 +43,7 @@ from . import data as D
 from .config import TrainConfig
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
+from .swa import WeightAverage
 from .warmstart import copy_backbone, left_out, open_run, open_source, pinned_groups
 from .weights import resolve_weights
 
@@ -65,12 +66,19 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         probs = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
-        pred = probs.argmax(1)
-        logs = logs if logs is not None else {}
-        logs["val_loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(self.y)), self.y], 1e-7, 1))))
-        logs["val_accuracy"] = float(np.mean(pred == self.y))
-        recalls = [np.mean(pred[self.y == c] == c) for c in np.unique(self.y)]
-        logs[MONITOR] = float(np.mean(recalls))
+        if logs is not None:
+            logs.update(validation_scores(self.y, probs))
+
+
+def validation_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """val_loss, val_accuracy and val_balanced_accuracy (MONITOR) of class probabilities against labels."""
+    pred = probs.argmax(1)
+    recalls = [np.mean(pred[y == c] == c) for c in np.unique(y)]
+    return {
+        "val_loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1)))),
+        "val_accuracy": float(np.mean(pred == y)),
+        MONITOR: float(np.mean(recalls)),
+    }
 
 
 class TrainBalancedAccuracy(keras.metrics.Metric):
@@ -235,8 +243,9 @@ def _run_phase(
     cfg: TrainConfig, run: Path, phase: str, epochs: int, lr: float, start_weights: Optional[str],
     weights_path: Optional[str], train_xy: tuple[np.ndarray, np.ndarray], val_xy: tuple[np.ndarray, np.ndarray],
     num_classes: int, resume: bool,
-) -> tuple[Path, float]:
-    """Train one phase; returns (best weights file, best validation balanced accuracy)."""
+) -> tuple[Path, float, Optional[dict[str, Any]]]:
+    """Train one phase; returns (best weights file, best validation balanced accuracy, what weight averaging gave
+    or None)."""
     x, y = train_xy
     strategy = _strategy()
     with strategy.scope():
@@ -285,11 +294,43 @@ def _run_phase(
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
     ]
+    swa = None
+    if phase == "finetune" and cfg.swa_epochs:
+        swa_file = run / "checkpoints" / f"{phase}.swa.npz"
+        if not resume:
+            swa_file.unlink(missing_ok=True)
+        swa = WeightAverage(epochs - cfg.swa_epochs, swa_file)
+        callbacks.append(swa)
     log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch", phase, epochs, lr, steps)
     model.fit(ds, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     if not best_file.exists():  # every epoch was worse than the threshold carried over from before a resume
         model.save_weights(str(best_file))
-    return best_file, float(_best_so_far(history_csv) or 0.0)
+    best = float(_best_so_far(history_csv) or 0.0)
+    averaged = _use_average(swa, model, val_xy, cfg.batch_size, best, best_file) if swa else None
+    return best_file, max(best, (averaged or {}).get(MONITOR, 0.0)), averaged
+
+
+def _use_average(swa: WeightAverage, model: keras.Model, val_xy: tuple[np.ndarray, np.ndarray], batch_size: int,
+                 best: float, best_file: Path) -> Optional[dict[str, Any]]:
+    """Score the averaged weights on validation; they replace `best_file` only if they beat its `best` score."""
+    if swa.count < 2:  # early stopping ended the phase before the averaging window: nothing to average
+        log.info("weight averaging: %d epoch(s) averaged, nothing to compare", swa.count)
+        return None
+    swa.apply(model)
+    probs = model.predict(val_xy[0], batch_size=batch_size, verbose=0)
+    score = validation_scores(val_xy[1], probs)[MONITOR]
+    kept = score > best
+    log.info("weight average of %d epochs: %s %.4f against %.4f for the best single epoch: %s", swa.count, MONITOR,
+             score, best, "kept" if kept else "not kept")
+    if kept:
+        # the same suffix: Keras picks the weights format from it (".weights.h5" is not the legacy ".h5" layout)
+        tmp = best_file.with_name("tmp-" + best_file.name)
+        try:
+            model.save_weights(str(tmp))
+            tmp.replace(best_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return {"epochs": swa.count, "best_single_epoch": best, MONITOR: score, "kept": kept}
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -326,10 +367,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             log.info("phase %s already done (best %s %.4f)", phase, MONITOR, done["best"])
             continue
         start = float_best if phase != "head" else None
-        best_file, best = _run_phase(cfg, run, phase, epochs, lr, start, weights_path, (x_tr, y_tr),
-                                     (x_va, y_va), len(classes), resume)
+        best_file, best, averaged = _run_phase(cfg, run, phase, epochs, lr, start, weights_path, (x_tr, y_tr),
+                                               (x_va, y_va), len(classes), resume)
         # paths relative to the run dir, so the run can be resumed from any directory or after a move
         state["phases"][phase] = {"done": True, "best": best, "weights": str(best_file.relative_to(run))}
+        if averaged:
+            state["phases"][phase]["swa"] = averaged
         if phase != "qat" and best >= max((state["phases"][p]["best"] for p in state["phases"] if p != "qat"),
                                           default=0.0):
             float_best = str(best_file)
