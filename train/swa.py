@@ -47,7 +47,7 @@ class WeightAverage(keras.callbacks.Callback):
         if not self.state_file.exists():
             return
         try:
-            with np.load(self.state_file) as saved:
+            with np.load(self.state_file, allow_pickle=False) as saved:
                 mean = [saved[f"w{i}"] for i in range(int(saved["n_weights"]))]
                 count, last = int(saved["count"]), int(saved["last_epoch"])
         except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged file
