@@ -1,4 +1,5 @@
-"""Folders that appear whole or not at all: bundles (`write_bundle`) and comparison reports are written this way.
+"""Files and folders that appear whole or not at all: bundles (`write_bundle`) and comparison reports are written
+with `staged_dir`, single files (weights, run state, checkpoints) with `replaced_file`.
 
     with staged_dir(Path("models/ham")) as tmp:
         (tmp / "model.tflite").write_bytes(data)      # fill the staging folder...
@@ -16,6 +17,20 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def replaced_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write; on a clean exit it replaces `path` in one rename, and it is
+    removed either way, so a failed write (a full disk, an exception) leaves `path` as it was. The name keeps all of
+    `path`'s suffixes, because Keras and numpy choose the file format from them."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -212,7 +212,7 @@ def test_disk_full_while_training_writes_is_one_line_and_keeps_earlier_output(re
     after = snapshot(run)
     for name in ("metrics.json", "qat.weights.h5", "split.csv", "config.json", "labels.txt", "state.json"):
         assert after[name] == before[name], name
-    assert not [name for name in after if name.endswith(".tmp")]
+    assert not [name for name in after if name.endswith(".tmp") or Path(name).name.startswith(".tmp-")]
 
 
 def test_disk_full_mid_copy_leaves_the_old_weights_whole(resumed_run, monkeypatch):
@@ -232,7 +232,7 @@ def test_disk_full_mid_copy_leaves_the_old_weights_whole(resumed_run, monkeypatc
     with pytest.raises(OSError, match="No space left"):
         fit._copy_file(run / "checkpoints" / "finetune.weights.h5", run / "float.weights.h5")
     assert (run / "float.weights.h5").read_bytes() == before
-    assert not (run / "float.weights.h5.tmp").exists()
+    assert not (run / ".tmp-float.weights.h5").exists()  # the half-written temporary is gone too
 
 
 @pytest.fixture

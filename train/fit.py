@@ -37,6 +37,7 @@ from skinedge.convert.model import (
 )
 from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, cache_dir, read_history
 from skinedge.convert.tfcompat import keras, tf
+from skinedge.device.atomic import replaced_file
 from skinedge.device.labels import format_labels
 
 from . import data as D
@@ -111,22 +112,14 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     """Write through a temporary file renamed into place: a full disk or a kill leaves the old file whole."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
+    with replaced_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _copy_file(src: Path, dest: Path) -> None:
     """shutil.copyfile through a temporary file renamed into place (a failed copy leaves `dest` as it was)."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
+    with replaced_file(dest) as tmp:
         shutil.copyfile(src, tmp)
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _in_run(run: Path, stored: Optional[str]) -> Optional[Path]:
@@ -323,13 +316,8 @@ def _use_average(swa: WeightAverage, model: keras.Model, val_xy: tuple[np.ndarra
     log.info("weight average of %d epochs: %s %.4f against %.4f for the best single epoch: %s", swa.count, MONITOR,
              score, best, "kept" if kept else "not kept")
     if kept:
-        # the same suffix: Keras picks the weights format from it (".weights.h5" is not the legacy ".h5" layout)
-        tmp = best_file.with_name("tmp-" + best_file.name)
-        try:
+        with replaced_file(best_file) as tmp:  # keeps ".weights.h5": not the legacy ".h5" layout
             model.save_weights(str(tmp))
-            tmp.replace(best_file)
-        finally:
-            tmp.unlink(missing_ok=True)
     return {"epochs": swa.count, "best_single_epoch": best, MONITOR: score, "kept": kept}
 
 
@@ -408,12 +396,8 @@ def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.nda
     if float_best:
         _copy_file(Path(float_best), run / FLOAT_WEIGHTS)
         model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / FLOAT_WEIGHTS))
-        tmp = run / "float.tmp.keras"
-        try:
+        with replaced_file(run / "float.keras") as tmp:
             model.save(tmp)
-            tmp.replace(run / "float.keras")
-        finally:
-            tmp.unlink(missing_ok=True)
         float_probs = model.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         metrics["float"] = classification_metrics(y_va, float_probs, classes)
     if state["phases"].get("qat", {}).get("done"):

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from skinedge.convert.tfcompat import keras
+from skinedge.device.atomic import replaced_file
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,9 @@ class WeightAverage(keras.callbacks.Callback):
         self._save()
 
     def _save(self) -> None:
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp.npz")
-        try:
+        with replaced_file(self.state_file) as tmp:
             np.savez(tmp, n_weights=len(self.mean), count=self.count, last_epoch=self.last_epoch,
                      **{f"w{i}": w for i, w in enumerate(self.mean)})
-            tmp.replace(self.state_file)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def apply(self, model: keras.Model) -> None:
         """Load the average into `model` (same architecture)."""
