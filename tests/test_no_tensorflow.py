@@ -77,7 +77,8 @@ def test_device_source_has_no_tensorflow_imports():
 
 
 def test_import_checker_catches_imports():
-    source = "import tensorflow as tf\nfrom tf_keras import layers\nimport importlib\nimportlib.import_module('keras')\n"
+    source = ("import tensorflow as tf\nfrom tf_keras import layers\n"
+              "import importlib\nimportlib.import_module('keras')\n")
     assert {"tensorflow", "tf_keras", "keras"} <= _imported_modules(source, "x.py")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from PIL import Image
 
 from conftest import TEST_COLOURS, assert_one_line_error
@@ -25,7 +25,7 @@ from conftest import TEST_COLOURS, assert_one_line_error
 LABELS = ["akiec", "mel", "nv"]
 
 
-def cli(*args) -> "click.testing.Result":
+def cli(*args) -> Result:
     from skinedge.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])

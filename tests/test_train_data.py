@@ -28,7 +28,8 @@ def test_ham_layout_split_is_grouped_by_lesion_and_stratified():
     assert classes == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     splits = D.split_samples(samples, 0.15, 0.15, seed=1)
     groups = {k: {s.group for s in v} for k, v in splits.items()}
-    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"] and not groups["val"] & groups["test"]
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
     assert sum(len(v) for v in splits.values()) == len(samples)
     for name in ("val", "test"):  # every class on every side, in about the right share
         counts = D.class_counts(splits[name])
