@@ -60,13 +60,14 @@ def test_card_holds_the_recorded_figures_and_commands(tmp_path):
     assert "87.5 %" in card and "83.0 %" in card  # the flag's test-split operating point
     assert "30 min" in card and "test CPU, 2 cores" in card and "| test | 10 | 11 | 21 |" in card
     assert "not a diagnosis" in card and not list(bundle.glob(".*tmp"))
-    assert "SWA" not in card  # no weight averaging in this run
+    assert "SWA" not in card and "mixup" not in card  # no weight averaging or mixup in this run
 
 
 def test_card_says_whether_the_weight_average_was_kept(tmp_path):
     bundle, report, run = _setup(tmp_path)
     meta = json.loads((bundle / "model.json").read_text())
     meta["training"]["config"]["swa_epochs"] = 4
+    meta["training"]["config"]["mixup"] = 0.4
     (bundle / "model.json").write_text(json.dumps(meta))
     swa = {"epochs": 4, "best_single_epoch": 0.676, "val_balanced_accuracy": 0.691, "kept": True}
     (run / "summary.json").write_text(json.dumps({"train_seconds": 1800, "phases": {"finetune": {"swa": swa}}}))
@@ -75,6 +76,7 @@ def test_card_says_whether_the_weight_average_was_kept(tmp_path):
     card = (bundle / "README.md").read_text()
     assert "last 4 fine-tuning epochs averaged (SWA)" in card and "0.691 against 0.676" in card
     assert "the average was kept" in card
+    assert "mixup 0.4 (float phases)" in card
 
 
 @pytest.mark.parametrize("readable", [True, False])

@@ -69,7 +69,8 @@ def test_batchnorm_folding_is_exact():
     for layer in model.layers:  # non-trivial batch-norm statistics, as after training
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 1, n), rng.normal(0, 1, n), rng.uniform(0.1, 9, n)])
+            gamma, beta = rng.uniform(0.5, 2, n), rng.normal(0, 1, n)
+            layer.set_weights([gamma, beta, rng.normal(0, 1, n), rng.uniform(0.1, 9, n)])  # ..., mean, variance
     x = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     folded = fold_batchnorm(model)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
@@ -108,6 +109,7 @@ def test_qat_fake_quantizes_the_weights_of_convs_before_relus_per_channel(tmp_pa
 
 @pytest.mark.parametrize("args", [
     ["--epochs", "-1"], ["--img-size", "0"], ["--batch-size", "0"], ["--arch", "resnet"], ["--weights", "nope.h5"],
+    ["--mixup", "-0.1"], ["--mixup", "nan"],
 ])
 def test_train_refuses_nonsense_options(tmp_path, args):
     from skinedge.cli import main
@@ -273,3 +275,48 @@ def test_weight_average_replaces_the_best_checkpoint_only_when_it_scores_higher(
     else:
         assert best_file.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune.swa.npz", "finetune.weights.h5"]
+
+
+def test_mixup_blends_each_image_with_its_partner_by_the_drawn_share():
+    from skinedge.train.pipeline import mix_batch
+
+    images = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 2, 2, 3), np.float32)
+    target = np.eye(4, dtype=np.float32)
+    weight = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    mixed, mixed_target, mixed_weight = (t.numpy() for t in mix_batch(images, target, weight,
+                                                                       np.array([1.0, 0.5, 0.25, 0.0])))
+    # partners are the reversed batch: 0-3, 1-2
+    np.testing.assert_allclose(mixed[:, 0, 0, 0], [0.0, 1.5, 0.25 * 2 + 0.75 * 1, 0.0])
+    np.testing.assert_allclose(mixed_target[1], [0, 0.5, 0.5, 0])
+    np.testing.assert_allclose(mixed_target.sum(1), 1.0)
+    np.testing.assert_allclose(mixed_weight, [1.0, 2.5, 0.25 * 3 + 0.75 * 2, 1.0])
+
+
+def test_sample_beta_has_the_beta_distributions_mean_and_variance():
+    from skinedge.train.pipeline import sample_beta
+
+    lam = sample_beta(20_000, 0.4, seed=1).numpy()
+    assert lam.min() >= 0 and lam.max() <= 1
+    assert lam.mean() == pytest.approx(0.5, abs=0.01)
+    assert lam.var() == pytest.approx(1 / (4 * (2 * 0.4 + 1)), rel=0.05)  # Var Beta(a, a) = 1 / (4 (2a + 1))
+    assert np.isfinite(sample_beta(1000, 1e-3, seed=2).numpy()).all()  # both Gamma draws can underflow to 0
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_training_batches_carry_class_weights_blended_like_their_targets(mixup):
+    from skinedge.train.pipeline import class_weights, make_dataset
+
+    y = np.array([0] * 40 + [1] * 16 + [2] * 8)
+    x = np.random.default_rng(0).integers(0, 256, (len(y), 8, 8, 3), dtype=np.uint8)
+    table = class_weights(y, 3)
+    ds = make_dataset(x, y, 3, batch_size=16, training=True, seed=3, augment=False, class_weight=table, mixup=mixup)
+    batches = [tuple(t.numpy() for t in batch) for batch in ds]
+    images, target, weight = (np.concatenate(parts) for parts in zip(*batches))
+    assert images.shape == x.shape and np.allclose(target.sum(1), 1)
+    # a blend of two images has the same blend of their class weights (one-hot: the class's own weight)
+    np.testing.assert_allclose(weight, target @ np.array([table[c] for c in range(3)]), rtol=1e-5)
+    blended = np.mean(target.max(1) < 0.99)
+    # pairs of one class keep a one-hot target, and Beta(0.4, 0.4) puts many shares near 0 or 1
+    assert blended == 0 if mixup == 0 else blended > 0.2
+    val = make_dataset(x, y, 3, batch_size=16, training=False, mixup=mixup)
+    assert all(len(batch) == 2 and batch[1].numpy().max() == 1 for batch in val)  # evaluation never mixes

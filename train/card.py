@@ -160,8 +160,9 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                               f"{1 - cfg.get('finetune_from', 0.6):.0%} of the backbone), QAT "
                               f"{_epochs(cfg, ran, 'qat', 'qat_epochs')} (lr/100); batch {cfg.get('batch_size')}, "
                               f"early stopping patience {cfg.get('patience')}, class imbalance: {cfg.get('balance')}, "
-                              f"label smoothing {cfg.get('label_smoothing')}, seed {cfg.get('seed')}"
-                              + _swa(cfg, summary)],
+                              f"label smoothing {cfg.get('label_smoothing')}, "
+                              + (f"mixup {cfg['mixup']} (float phases), " if cfg.get("mixup") else "")
+                              + f"seed {cfg.get('seed')}" + _swa(cfg, summary)],
                  ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
                                   + ", ".join(f"{k} {v}" for k, v in q.get("tools", {}).items())],
                  ["training time", train_time or (f"{seconds / 60:.0f} min" if seconds else "not recorded")],

@@ -107,6 +107,9 @@ class WeightsChoice(click.ParamType):
 @click.option("--swa-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also average the weights of the last N fine-tuning epochs (SWA); the average is kept only if it "
                    "beats the best single epoch on validation.")
+@click.option("--mixup", type=FiniteFloatRange(0, 10), default=0.0, show_default=True,
+              help="Blend training images and their labels in pairs, the share drawn from Beta(A, A) (mixup; 0.2-0.4 "
+                   "regularises; 0: off). Float phases only: QAT trains on unmixed images.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
@@ -114,7 +117,7 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
           leave_out: Optional[str], img_size: int, head_epochs: int, epochs: int, qat_epochs: int, batch_size: int,
           lr: float, finetune_from: float, balance: str, label_smoothing: float, limit: Optional[int],
           lesion_ids: Optional[str], test_fraction: float, val_fraction: float, patience: int, swa_epochs: int,
-          seed: int, no_augment: bool, resume: bool) -> None:
+          mixup: float, seed: int, no_augment: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -151,7 +154,7 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
         img_size=img_size, head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience,
-        swa_epochs=swa_epochs, seed=seed, augment=not no_augment,
+        swa_epochs=swa_epochs, mixup=mixup, seed=seed, augment=not no_augment,
     )
     try:
         summary = run_training(cfg, resume=resume)

@@ -42,6 +42,8 @@ class TrainConfig:
     patience: int = 4  # early stopping: epochs without val improvement before stopping a phase
     swa_epochs: int = 0  # fine-tuning: also average the weights of its last N epochs (SWA); the average replaces
     #   the best single epoch only if it scores higher on validation. 0 = off
+    mixup: float = 0.0  # float phases: blend each training image and its target with another's, the share drawn
+    #   from Beta(mixup, mixup) (0.2-0.4 regularises); QAT trains on unmixed images. 0 = off
     seed: int = 42  # seeds the split, the sampling, weight init and augmentation
     augment: bool = True  # flips, 90-degree rotations, small rotation, zoom, mild colour jitter
     cache_dir: Optional[str] = None  # where decoded images are cached (.npy); default: RUN_DIR/cache
@@ -57,6 +59,8 @@ class TrainConfig:
             raise ValueError("img_size must be at least 32")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError("swa_epochs must be between 0 and the number of fine-tuning epochs")
+        if not 0 <= self.mixup <= 10:
+            raise ValueError("mixup must be between 0 (off) and 10")
         if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5) and test_fraction in [0, 0.5)")
 

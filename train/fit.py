@@ -261,11 +261,12 @@ def _run_phase(
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[TrainBalancedAccuracy(num_classes)],
         )
-    weights = None
-    if cfg.balance == "weights":
-        weights = class_weights(y, num_classes)
+    weights = class_weights(y, num_classes) if cfg.balance == "weights" else None
+    # QAT learns the quantization ranges of real images: it trains on unmixed ones
+    mixup = cfg.mixup if phase != "qat" else 0.0
     ds = make_dataset(x, y, num_classes, cfg.batch_size, training=True, seed=cfg.seed, augment=cfg.augment,
-                      oversample=cfg.balance == "oversample", label_smoothing=cfg.label_smoothing)
+                      oversample=cfg.balance == "oversample", label_smoothing=cfg.label_smoothing,
+                      class_weight=weights, mixup=mixup)
     (run / "history").mkdir(exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
     history_csv = run / "history" / f"{phase}.csv"
@@ -294,8 +295,10 @@ def _run_phase(
             swa_file.unlink(missing_ok=True)
         swa = WeightAverage(epochs - cfg.swa_epochs, swa_file)
         callbacks.append(swa)
-    log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch", phase, epochs, lr, steps)
-    model.fit(ds, epochs=epochs, class_weight=weights, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
+    log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch%s", phase, epochs, lr, steps,
+             f", mixup {mixup}" if mixup else "")
+    # class weights come with each batch (make_dataset), blended with the images when they are mixed
+    model.fit(ds, epochs=epochs, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     if not best_file.exists():  # every epoch was worse than the threshold carried over from before a resume
         model.save_weights(str(best_file))
     best = float(_best_so_far(history_csv) or 0.0)
