@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from skinedge.device.atomic import replaced_file
 from skinedge.device.labels import LabelsError, read_labels
 from skinedge.device.preprocess import ImageError, load_and_preprocess
 
@@ -53,13 +54,11 @@ _CSV_ERRORS = "surrogateescape"
 
 
 def save_split(path: Path, splits: dict[str, list[Sample]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8", errors=_CSV_ERRORS) as fh:
+    with replaced_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=_CSV_ERRORS) as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "path", "label", "group"])
         for name, items in splits.items():
             writer.writerows([name, s.path, s.label, s.group] for s in items)
-    tmp.replace(path)
 
 
 def load_split(path: Path) -> dict[str, list[Sample]]:
@@ -155,14 +154,12 @@ def load_images(
     x = x[: len(kept_idx)]
     y = np.array([index[samples[i].label] for i in kept_idx], np.int32)
     if cache_dir is not None:
-        tmp = cache.with_name(cache.name + ".tmp.npz")
         try:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, x=x, y=y, kept=np.array(kept_idx, np.int64))
-            tmp.replace(cache)
+            with replaced_file(cache) as tmp:  # ".tmp-<name>.npz": numpy would append ".npz" to another suffix
+                np.savez(tmp, x=x, y=y, kept=np.array(kept_idx, np.int64))
         except OSError as exc:  # the cache only saves time: a full disk shows up where it matters, at the outputs
             log.warning("%s: decoded images not cached (%s)", cache, exc.strerror or exc)
-            tmp.unlink(missing_ok=True)
     return x, y, [samples[i] for i in kept_idx]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from skinedge.convert.rundir import read_histories
+from skinedge.device.atomic import replaced_file
 from skinedge.device.bundle import META_FILE
 
 log = logging.getLogger(__name__)
@@ -243,8 +244,7 @@ def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Option
     text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path), prior), hardware,
                   train_time, epochs_run(run_path) if run else None)
     out = bundle / CARD_FILE
-    tmp = bundle / f".{CARD_FILE}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)  # a reader never sees half a card
+    with replaced_file(out) as tmp:  # a reader never sees half a card
+        tmp.write_text(text, encoding="utf-8")
     log.debug("model card written to %s", out)  # the command says so to the user
     return out

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from skinedge.device.atomic import replaced_file
+
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
 
 
@@ -68,9 +70,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        with replaced_file(path) as tmp:  # a kill or a full disk leaves the previous config.json whole
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":

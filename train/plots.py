@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from skinedge.device.atomic import replaced_file  # noqa: E402
+
 # variant -> colour, the same in every figure of a report
 VARIANT_COLOURS = {"float": "#1f77b4", "qat": "#2ca02c", "int8": "#d62728", "ptq_int8": "#ff7f0e"}
 MELANOMA_COLOUR = "#c2185b"
@@ -32,10 +34,11 @@ def variant_colour(name: str, i: int = 0) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with replaced_file(path) as tmp:  # ".tmp-<name>.png": matplotlib takes the format from the suffix
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
