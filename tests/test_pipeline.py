@@ -227,3 +227,28 @@ def test_init_from_another_run_takes_its_backbone_and_keeps_its_lesions_out_of_v
     for layer in layers:
         for a, b in zip(layer.get_weights(), theirs.get_layer(layer.name).get_weights()):
             np.testing.assert_array_equal(a, b, err_msg=layer.name)
+
+
+def test_float_from_runs_qat_alone_on_the_float_model_and_split_of_another_run(mobilenet_run: Path, tmp_path: Path):
+    """QAT with distillation on the run above's float model: same split, labels, settings and float weights; only
+    the QAT phase trains; the card lists the float run's command first."""
+    from skinedge.convert.model import load_qat_model
+    from skinedge.train.card import prior_commands
+
+    run = tmp_path / "distilled"
+    _cli("train", str(shared_path("data", "isic9", "Train")), "--out", str(run), "--float-from", str(mobilenet_run),
+         "--qat-epochs", "1", "--qat-distill", "1")
+    for name in ("split.csv", "labels.txt", "float.weights.h5", "history/head.csv", "history/finetune.csv"):
+        assert (run / name).read_bytes() == (mobilenet_run / name).read_bytes(), name
+    ours, theirs = (json.loads((r / "config.json").read_text()) for r in (run, mobilenet_run))
+    assert ours["float_from"] == str(mobilenet_run) and ours["qat_distill"] == 1.0 and ours["qat_epochs"] == 1
+    assert {k: ours[k] for k in ("img_size", "limit", "seed", "batch_size", "lr")} == \
+        {k: theirs[k] for k in ("img_size", "limit", "seed", "batch_size", "lr")}
+    state = json.loads((run / "state.json").read_text())
+    assert state["phases"]["finetune"]["from"] == str(mobilenet_run) and state["phases"]["qat"]["done"]
+    assert len((run / "history" / "qat.csv").read_text().strip().splitlines()) == 2  # header + the one QAT epoch
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["qat"]["agreement"] <= 1 and "float" in metrics
+    qat = load_qat_model("mobilenetv2", 9, 64, 1.0, str(run / "qat.weights.h5"))  # the student alone, as saved
+    assert qat.output_shape[-1] == 9
+    assert prior_commands(ours) == [theirs["extra"]["command"]]

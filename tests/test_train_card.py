@@ -143,3 +143,20 @@ def test_card_bad_inputs_exit_2_naming_the_file(tmp_path):
     result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report)])
     assert result.exit_code == 2 and "metrics.json: not found" in result.output
     assert not (bundle / "README.md").exists()
+
+
+def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    source = tmp_path / "float-run"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"extra": {"command": "skinedge train DATA --out float-run"}}))
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["training"]["config"].update(float_from=str(source), qat_distill=0.75, extra={
+        "command": f"skinedge train DATA --out run --float-from {source} --qat-distill 0.75"})
+    (bundle / "model.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    first, second = card.index("skinedge train DATA --out float-run"), card.index("--float-from")
+    assert first < second
+    assert f"targets 0.75 float model + 0.25 labels, from the float model of {source}" in card

@@ -109,7 +109,7 @@ def test_qat_fake_quantizes_the_weights_of_convs_before_relus_per_channel(tmp_pa
 
 @pytest.mark.parametrize("args", [
     ["--epochs", "-1"], ["--img-size", "0"], ["--batch-size", "0"], ["--arch", "resnet"], ["--weights", "nope.h5"],
-    ["--mixup", "-0.1"], ["--mixup", "nan"],
+    ["--mixup", "-0.1"], ["--mixup", "nan"], ["--qat-distill", "1.5"], ["--qat-distill", "-0.2"],
 ])
 def test_train_refuses_nonsense_options(tmp_path, args):
     from skinedge.cli import main
@@ -320,3 +320,77 @@ def test_training_batches_carry_class_weights_blended_like_their_targets(mixup):
     assert blended == 0 if mixup == 0 else blended > 0.2
     val = make_dataset(x, y, 3, batch_size=16, training=False, mixup=mixup)
     assert all(len(batch) == 2 and batch[1].numpy().max() == 1 for batch in val)  # evaluation never mixes
+
+
+@pytest.mark.parametrize("extra", [["--img-size", "96"], ["--mixup", "0.2"], ["--seed", "1"]])
+def test_float_from_refuses_float_settings_of_its_own(tmp_path, extra):
+    """With --float-from the float run's settings apply: a value given beside it would be ignored, so it is a
+    usage error naming the option, before anything is read."""
+    from skinedge.cli import main
+
+    (tmp_path / "float-run").mkdir()
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "r"), "--float-from",
+                                       str(tmp_path / "float-run"), "--qat-distill", "1", *extra])
+    assert result.exit_code == 2, result.output
+    assert extra[0] in result.output and "--float-from" in result.output and "Traceback" not in result.output
+
+
+def test_float_from_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path):
+    from skinedge.cli import main
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "not-a-run").mkdir()
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                                       "--float-from", str(tmp_path / "not-a-run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and "not-a-run" in result.output and "config.json" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r" / "state.json").exists()
+
+
+def _toy_models(seed: int):
+    from skinedge.convert.tfcompat import keras
+
+    keras.utils.set_random_seed(seed)
+
+    def make():
+        inp = keras.Input((4,))
+        return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.Dense(8, "relu")(inp)))
+
+    return make(), make()
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.0])
+def test_distiller_pulls_the_student_towards_the_teacher_or_the_labels(weight):
+    """With weight 1 the student learns the teacher's answers and ignores labels that contradict them; with weight
+    0 it learns the labels. The teacher never changes."""
+    from skinedge.convert.tfcompat import keras
+    from skinedge.train.distill import Distiller
+
+    student, teacher = _toy_models(0)
+    x = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
+    soft = teacher.predict(x, verbose=0)
+    labels = keras.utils.to_categorical((soft.argmax(1) + 1) % 3, 3)  # never the teacher's answer
+    before = [w.copy() for w in teacher.get_weights()]
+    model = Distiller(student, teacher, weight)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=keras.losses.CategoricalCrossentropy())
+    model.fit(x, labels, sample_weight=np.ones(len(x), np.float32), batch_size=32, epochs=30, verbose=0)
+    pred = model.predict(x, verbose=0).argmax(1)
+    agreement = np.mean(pred == soft.argmax(1))
+    assert agreement > 0.9 if weight == 1.0 else agreement < 0.2
+    for a, b in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_distiller_saves_and_loads_the_student_alone(tmp_path):
+    from skinedge.train.distill import Distiller
+
+    student, teacher = _toy_models(1)
+    model = Distiller(student, teacher, 0.5)
+    model.save_weights(str(tmp_path / "student.weights.h5"))
+    fresh, _ = _toy_models(2)
+    fresh.load_weights(str(tmp_path / "student.weights.h5"))
+    for a, b in zip(student.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="between 0"):
+        Distiller(student, teacher, 1.5)

@@ -65,10 +65,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def prior_commands(cfg: dict[str, Any], depth: int = 0) -> list[str]:
     """The training commands of the runs this one builds on, in the order to run them: the run whose validation and
-    test lesions it left out (--leave-out) and the run it started from (--init-from), each after its own. Read
-    from their config.json files; one that cannot be read becomes a comment saying so rather than failing."""
+    test lesions it left out (--leave-out), the run it started from (--init-from) and the run whose float model its
+    QAT started from (--float-from), each after its own. Read from their config.json files; one that cannot be read
+    becomes a comment saying so rather than failing."""
     out: list[str] = []
-    for key in ("leave_out", "init_from"):
+    for key in ("leave_out", "init_from", "float_from"):
         src = cfg.get(key)
         if not src or depth > 3:  # a deeper chain is not a recipe anyone wrote
             continue
@@ -159,7 +160,11 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                  ["schedule", f"head {_epochs(cfg, ran, 'head', 'head_epochs')} (lr {cfg.get('lr')}), fine-tuning "
                               f"{_epochs(cfg, ran, 'finetune', 'epochs')} (lr/10, top "
                               f"{1 - cfg.get('finetune_from', 0.6):.0%} of the backbone), QAT "
-                              f"{_epochs(cfg, ran, 'qat', 'qat_epochs')} (lr/100); batch {cfg.get('batch_size')}, "
+                              f"{_epochs(cfg, ran, 'qat', 'qat_epochs')} (lr/100"
+                              + (f", targets {cfg['qat_distill']:g} float model + {1 - cfg['qat_distill']:g} labels"
+                                 if cfg.get("qat_distill") else "")
+                              + (f", from the float model of {cfg['float_from']}" if cfg.get("float_from") else "")
+                              + f"); batch {cfg.get('batch_size')}, "
                               f"early stopping patience {cfg.get('patience')}, class imbalance: {cfg.get('balance')}, "
                               f"label smoothing {cfg.get('label_smoothing')}, "
                               + (f"mixup {cfg['mixup']} (float phases), " if cfg.get("mixup") else "")

@@ -47,6 +47,21 @@ def _check_run_out(data: str, out: str, resume: bool) -> None:
                                  param_hint="'--out'")
 
 
+# what a --float-from run sets itself; every other setting is the float run's
+FLOAT_FROM_OPTIONS = {"data", "out", "float_from", "qat_epochs", "qat_distill", "resume"}
+
+
+def _check_float_from(ctx: click.Context) -> None:
+    """Refuse float-phase options next to --float-from: the float run's settings apply, and a value that is
+    silently ignored would mislead (usage error, exit 2)."""
+    given = [p for p in ctx.command.params if p.name not in FLOAT_FROM_OPTIONS
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        names = ", ".join(p.opts[0] for p in given)
+        raise click.UsageError(f"{names}: set by the run --float-from names (its split, input size and float "
+                               "settings apply); only --qat-epochs and --qat-distill can be chosen with it.")
+
+
 class WeightsChoice(click.ParamType):
     """imagenet, none, or the path of an existing .h5 file."""
 
@@ -80,6 +95,9 @@ class WeightsChoice(click.ParamType):
                    "lesions it trained or validated on stay in this run's training split.")
 @click.option("--leave-out", type=click.Path(exists=True, file_okay=False, path_type=str),
               help="Leave out the lesions another run validates or tests on, so that run can --init-from this one.")
+@click.option("--float-from", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Run QAT alone, on another finished run's best float model, with its split and settings (to try "
+                   "--qat-epochs or --qat-distill without training the float model again).")
 @click.option("--img-size", type=click.IntRange(32, MAX_IMG_SIZE), default=128, show_default=True,
               help="Input size (px).")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
@@ -87,6 +105,9 @@ class WeightsChoice(click.ParamType):
 @click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="Fine-tuning epochs.")
 @click.option("--qat-epochs", type=click.IntRange(min=0), default=3, show_default=True,
               help="Quantization-aware training epochs.")
+@click.option("--qat-distill", type=FiniteFloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of each QAT target taken from the float model's answer for the same image, the rest from "
+                   "the label (knowledge distillation: keeps the int8 model close to the float one; 0: off).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Head learning rate (fine-tuning lr/10, QAT lr/100).")
@@ -113,11 +134,13 @@ class WeightsChoice(click.ParamType):
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
-def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
-          leave_out: Optional[str], img_size: int, head_epochs: int, epochs: int, qat_epochs: int, batch_size: int,
-          lr: float, finetune_from: float, balance: str, label_smoothing: float, limit: Optional[int],
-          lesion_ids: Optional[str], test_fraction: float, val_fraction: float, patience: int, swa_epochs: int,
-          mixup: float, seed: int, no_augment: bool, resume: bool) -> None:
+@click.pass_context
+def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
+          leave_out: Optional[str], float_from: Optional[str], img_size: int, head_epochs: int, epochs: int,
+          qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float, balance: str,
+          label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str], test_fraction: float,
+          val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: int, no_augment: bool,
+          resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -134,9 +157,12 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
       skinedge train ../shared/data/ham10000 --out runs/ham-for-isic9 --leave-out runs/isic9
       skinedge train ../shared/data/isic9/Train --out runs/isic9-from-ham --init-from runs/ham-for-isic9 \\
           --lesion-ids ../shared/data/ham10000/HAM10000_metadata.csv
+      skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 1
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
+    if float_from:
+        _check_float_from(ctx)
     if swa_epochs > epochs:
         raise click.BadParameter(f"{swa_epochs} is more than the {epochs} fine-tuning epochs (--epochs).",
                                  param_hint="'--swa-epochs'")
@@ -154,7 +180,8 @@ def train(data: str, out: str, arch: str, alpha: str, weights: str, init_from: O
         img_size=img_size, head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience,
-        swa_epochs=swa_epochs, mixup=mixup, seed=seed, augment=not no_augment,
+        swa_epochs=swa_epochs, mixup=mixup, seed=seed, augment=not no_augment, float_from=float_from,
+        qat_distill=qat_distill,
     )
     try:
         summary = run_training(cfg, resume=resume)

@@ -28,10 +28,14 @@ class TrainConfig:
     #   trained or validated on stay in this run's training split (HAM10000 before the ISIC set)
     leave_out: Optional[str] = None  # a run dir whose validation and test lesions this run leaves out entirely, so
     #   that run can --init-from this one without having seen them
+    float_from: Optional[str] = None  # a finished run dir whose best float model QAT starts from, on its split and
+    #   with its float settings: the float phases are not run again (to try QAT recipes on one float model)
     img_size: int = 128  # square model input in pixels; MobileNetV2 works at any size >= 32
     head_epochs: int = 2  # float phase 1: train the new head with the backbone frozen (mobilenetv2 only)
     epochs: int = 10  # float phase 2: fine-tune (the upper backbone unfrozen for mobilenetv2, everything for cnn)
     qat_epochs: int = 3  # phase 3: quantization-aware training starting from the best float weights
+    qat_distill: float = 0.0  # QAT targets: this share of the float model's probabilities for the same image, the
+    #   rest the labels (knowledge distillation; 1 = mimic the float model, keeping int8 close to it). 0 = off
     batch_size: int = 32  # images per step (across all replicas)
     lr: float = 1e-3  # learning rate of the head phase; fine-tuning uses lr/10, QAT lr/100 (cosine decay)
     finetune_from: float = 0.6  # fraction of the backbone's depth above which layers are unfrozen when fine-tuning
@@ -48,7 +52,7 @@ class TrainConfig:
     #   from Beta(mixup, mixup) (0.2-0.4 regularises); QAT trains on unmixed images. 0 = off
     seed: int = 42  # seeds the split, the sampling, weight init and augmentation
     augment: bool = True  # flips, 90-degree rotations, small rotation, zoom, mild colour jitter
-    cache_dir: Optional[str] = None  # where decoded images are cached (.npy); default: RUN_DIR/cache
+    cache_dir: Optional[str] = None  # where decoded images are cached (.npz); default: RUN_DIR/cache
     workers: int = 0  # image decoding processes; 0 = one per CPU core
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run (e.g. the command)
 
@@ -63,6 +67,8 @@ class TrainConfig:
             raise ValueError("swa_epochs must be between 0 and the number of fine-tuning epochs")
         if not 0 <= self.mixup <= 10:
             raise ValueError("mixup must be between 0 (off) and 10")
+        if not 0 <= self.qat_distill <= 1:
+            raise ValueError("qat_distill must be between 0 (labels only) and 1 (the float model only)")
         if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5) and test_fraction in [0, 0.5)")
 

@@ -41,11 +41,12 @@ from skinedge.device.atomic import replaced_file
 from skinedge.device.labels import format_labels
 
 from . import data as D
+from .distill import Distiller
 from .config import TrainConfig
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
 from .swa import WeightAverage
-from .warmstart import copy_backbone, left_out, open_run, open_source, pinned_groups
+from .warmstart import adopt_float, copy_backbone, float_run, left_out, open_run, open_source, pinned_groups
 from .weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,25 @@ def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
     return [p for p in plan if p[1] > 0]
 
 
+def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]:
+    """The run's samples split by lesion (train, val, test), its classes and the data layout."""
+    samples, classes, layout = D.list_samples(cfg.data, lesion_ids=cfg.lesion_ids)
+    if layout == "folders" and not cfg.lesion_ids:
+        # the split cannot see that two files show one lesion; say so rather than report "lesions" it never had
+        log.warning("%s: a folder per class names no lesions, so every image is split on its own; if several images "
+                    "show one lesion (the ISIC sets reuse HAM10000's), pass --lesion-ids", cfg.data)
+    if cfg.leave_out:
+        samples = left_out(samples, open_run(cfg.leave_out, "--leave-out"))
+    if cfg.limit:
+        samples = D.limit_samples(samples, cfg.limit, cfg.seed)
+    pinned = pinned_groups(samples, open_source(cfg)) if cfg.init_from else set()
+    try:
+        splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed, pinned=pinned)
+    except D.DataError as exc:
+        raise D.DataError(f"{cfg.data}: {exc}") from None
+    return splits, classes, layout
+
+
 def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict[str, list[D.Sample]], list[str]]:
     """Create or reopen RUN_DIR: the config, the split and the labels, fixed at the first start.
 
@@ -185,22 +205,14 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
         return stored_cfg, run, stored.splits, stored.classes
     if (run / "state.json").exists():
         raise RunError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
-    cfg.validate()
-    # the data first: unusable data must not leave an empty run dir behind
-    samples, classes, layout = D.list_samples(cfg.data, lesion_ids=cfg.lesion_ids)
-    if layout == "folders" and not cfg.lesion_ids:
-        # the split cannot see that two files show one lesion; say so rather than report "lesions" it never had
-        log.warning("%s: a folder per class names no lesions, so every image is split on its own; if several images "
-                    "show one lesion (the ISIC sets reuse HAM10000's), pass --lesion-ids", cfg.data)
-    if cfg.leave_out:
-        samples = left_out(samples, open_run(cfg.leave_out, "--leave-out"))
-    if cfg.limit:
-        samples = D.limit_samples(samples, cfg.limit, cfg.seed)
-    pinned = pinned_groups(samples, open_source(cfg)) if cfg.init_from else set()
-    try:
-        splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed, pinned=pinned)
-    except D.DataError as exc:
-        raise D.DataError(f"{cfg.data}: {exc}") from None
+    if cfg.float_from:  # QAT alone, on another run's float model: its split, labels and settings
+        cfg, source = float_run(cfg)
+        splits, classes, layout = source.splits, source.classes, source.config.get("extra", {}).get("layout", "")
+        cfg.validate()
+    else:
+        cfg.validate()
+        # the data first: unusable data must not leave an empty run dir behind
+        splits, classes, layout = _split(cfg)
     try:
         run.mkdir(parents=True, exist_ok=True)
         probe = run / ".write-test"
@@ -254,6 +266,9 @@ def _run_phase(
         if phase == "qat" and not (resume and (run / "backup" / phase).exists()):
             rng = np.random.default_rng(cfg.seed)
             calibrate_qat_ranges(model, x[rng.choice(len(x), size=min(len(x), 512), replace=False)])
+        if phase == "qat" and cfg.qat_distill and start_weights:
+            teacher = load_float_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, start_weights)
+            model = Distiller(model, teacher, cfg.qat_distill)
         steps = int(np.ceil(len(y) / cfg.batch_size))
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
         model.compile(
@@ -295,8 +310,9 @@ def _run_phase(
             swa_file.unlink(missing_ok=True)
         swa = WeightAverage(epochs - cfg.swa_epochs, swa_file)
         callbacks.append(swa)
-    log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch%s", phase, epochs, lr, steps,
-             f", mixup {mixup}" if mixup else "")
+    log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch%s%s", phase, epochs, lr, steps,
+             f", mixup {mixup}" if mixup else "", f", distilling the float model ({model.weight:g} of each target)"
+             if isinstance(model, Distiller) else "")
     # class weights come with each batch (make_dataset), blended with the images when they are mixed
     model.fit(ds, epochs=epochs, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     if not best_file.exists():  # every epoch was worse than the threshold carried over from before a resume
@@ -336,6 +352,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             raise ValueError("not a skinedge state file")
     except (ValueError, UnicodeDecodeError) as exc:
         raise RunError(f"{state_path}: unreadable ({exc}); the run cannot be resumed") from None
+    if cfg.float_from and not state["phases"]:
+        adopt_float(run, Path(cfg.float_from), state)
     _write_json(state_path, state)
     size = (cfg.img_size, cfg.img_size)
     cache = cache_dir(cfg.to_dict(), run)
@@ -347,8 +365,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     unseen = [c for i, c in enumerate(classes) if not np.any(y_tr == i)]
     if unseen:
         log.warning("class(es) %s have no readable training images: the model cannot learn them", ", ".join(unseen))
-    # --init-from brings its own backbone: the ImageNet weights are neither needed nor downloaded
-    weights_path = resolve_weights(cfg.weights, cfg.alpha) if cfg.arch == "mobilenetv2" and not cfg.init_from else None
+    # --init-from and --float-from bring their own weights: the ImageNet ones are neither needed nor downloaded
+    weights_path = (resolve_weights(cfg.weights, cfg.alpha)
+                    if cfg.arch == "mobilenetv2" and not (cfg.init_from or cfg.float_from) else None)
 
     found = _in_run(run, state.get("float_best"))
     float_best: Optional[str] = str(found) if found else None

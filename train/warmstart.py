@@ -6,6 +6,9 @@
     splits = split_samples(samples, 0.15, 0.15, 42, pinned=pinned)   # ...stay in training
     copy_backbone(model, source)                      # every layer but the head, before the head phase
 
+`skinedge train --float-from RUN` runs QAT alone on RUN's best float model, split and settings (float_run,
+adopt_float): QAT recipes (--qat-epochs, --qat-distill) compared on one float model, without training it again.
+
 The typical use is HAM10000 before the 9-class ISIC set, which reuses HAM10000 images. A model that has trained on
 a lesion must not be validated or tested on it, nor should early stopping have been tuned on it. The clean recipe
 is three runs: an ISIC run fixes the ISIC split; a HAM10000 run with `--leave-out` that ISIC run never sees its
@@ -16,10 +19,16 @@ training, and draws validation and test from the rest, which can leave some clas
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-from typing import Sequence
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
 
 from skinedge.convert.rundir import FLOAT_WEIGHTS, RunDir, RunDirError, Sample
+from skinedge.device.atomic import replaced_file
 
 from . import data as D
 from .config import TrainConfig
@@ -83,3 +92,51 @@ def copy_backbone(model, source: RunDir) -> None:
             layer.set_weights(weights)
             copied += 1
     log.info("initialised %d backbone layers from %s", copied, source.path / FLOAT_WEIGHTS)
+
+
+ADOPTED_FLOAT = "checkpoints/float_from.weights.h5"  # where a --float-from run keeps its copy of the float model
+
+
+def float_run(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
+    """The config of a run that starts QAT from `cfg.float_from`: that run's settings (data, split, architecture,
+    input size, seed, learning rate, ...) with this run's out dir and QAT options, and the source run itself."""
+    source = open_run(cfg.float_from, "--float-from", require=(FLOAT_WEIGHTS, "state.json"))
+    theirs = Path(source.config["data"])
+    try:
+        same = os.path.samefile(theirs, cfg.data)
+    except OSError:
+        same = False
+    if not same:
+        raise WarmStartError(f"--float-from {cfg.float_from}: it trained on {theirs}, not {cfg.data}; pass its data "
+                             "folder")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    stored = TrainConfig(**{k: v for k, v in source.config.items() if k in known})
+    merged = dataclasses.replace(
+        stored, out=cfg.out, float_from=cfg.float_from, qat_epochs=cfg.qat_epochs, qat_distill=cfg.qat_distill,
+        # the source's decoded images serve as they are: same files, same size
+        cache_dir=stored.cache_dir or str(source.path / "cache"), extra={},
+    )
+    log.info("QAT from the float model of %s (its split and settings; the float phases are not run again)",
+             source.path)
+    return merged, source
+
+
+def adopt_float(run: Path, source: Path, state: dict[str, Any]) -> None:
+    """Record `source`'s float phases as done in this run's `state`: its best float weights copied into the run
+    (ADOPTED_FLOAT), its float phases' histories too (the curves and the model card count their epochs)."""
+    try:
+        theirs = json.loads((source / "state.json").read_text(encoding="utf-8"))
+        phases = {p: e for p, e in theirs["phases"].items() if p != "qat" and e.get("done")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WarmStartError(f"--float-from: {source / 'state.json'} is unreadable ({exc})") from None
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / "history").mkdir(exist_ok=True)
+    with replaced_file(run / ADOPTED_FLOAT) as tmp:
+        shutil.copyfile(source / FLOAT_WEIGHTS, tmp)
+    for phase, entry in phases.items():
+        state["phases"][phase] = {"done": True, "best": entry.get("best", 0.0), "from": str(source)}
+        history = source / "history" / f"{phase}.csv"
+        if history.is_file():
+            with replaced_file(run / "history" / f"{phase}.csv") as tmp:
+                shutil.copyfile(history, tmp)
+    state["float_best"] = ADOPTED_FLOAT
