@@ -345,7 +345,7 @@ def set_phase(model: keras.Model, phase: str, arch: str, finetune_from: float) -
     """Freeze and unfreeze layers for a training phase.
 
     head: backbone frozen. finetune: the upper `1 - finetune_from` of the backbone trains (everything for the
-    from-scratch CNN). qat: like finetune. Batch-norm layers are frozen as explained below.
+    from-scratch CNN). settle and qat: like finetune. Batch-norm layers are frozen as explained below.
     """
     layers = backbone_layers(model)
     model.trainable = True
@@ -354,14 +354,14 @@ def set_phase(model: keras.Model, phase: str, arch: str, finetune_from: float) -
     if phase == "head":
         for layer in layers:
             layer.trainable = False
-    elif phase in ("finetune", "qat") and arch == "mobilenetv2":
+    elif phase in ("finetune", "settle", "qat") and arch == "mobilenetv2":
         cut = int(len(layers) * finetune_from)
         for layer in layers[:cut]:
             layer.trainable = False
     # Batch norm stays in inference mode whenever a pretrained backbone is fine-tuned (its statistics would lag
     # the weights: Keras' MobileNetV2 uses momentum 0.999) and during QAT (fake-quantized activations at small
     # batch sizes would disturb the statistics learned in the float phase).
-    if phase == "qat" or (phase == "finetune" and arch == "mobilenetv2"):
+    if phase == "qat" or (phase in ("finetune", "settle") and arch == "mobilenetv2"):
         for layer in model.layers:
             inner = getattr(layer, "layer", layer)  # QuantizeWrapper keeps the original in .layer
             if isinstance(inner, keras.layers.BatchNormalization):

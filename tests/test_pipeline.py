@@ -237,7 +237,7 @@ def test_float_from_runs_qat_alone_on_the_float_model_and_split_of_another_run(m
 
     run = tmp_path / "distilled"
     _cli("train", str(shared_path("data", "isic9", "Train")), "--out", str(run), "--float-from", str(mobilenet_run),
-         "--qat-epochs", "1", "--qat-distill", "1")
+         "--settle-epochs", "1", "--qat-epochs", "1", "--qat-distill", "1")
     for name in ("split.csv", "labels.txt", "float.weights.h5", "history/head.csv", "history/finetune.csv"):
         assert (run / name).read_bytes() == (mobilenet_run / name).read_bytes(), name
     ours, theirs = (json.loads((r / "config.json").read_text()) for r in (run, mobilenet_run))
@@ -246,7 +246,8 @@ def test_float_from_runs_qat_alone_on_the_float_model_and_split_of_another_run(m
         {k: theirs[k] for k in ("img_size", "limit", "seed", "batch_size", "lr")}
     state = json.loads((run / "state.json").read_text())
     assert state["phases"]["finetune"]["from"] == str(mobilenet_run) and state["phases"]["qat"]["done"]
-    assert len((run / "history" / "qat.csv").read_text().strip().splitlines()) == 2  # header + the one QAT epoch
+    for phase in ("settle", "qat"):  # header + the one epoch each
+        assert len((run / "history" / f"{phase}.csv").read_text().strip().splitlines()) == 2, phase
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["qat"]["agreement"] <= 1 and "float" in metrics
     qat = load_qat_model("mobilenetv2", 9, 64, 1.0, str(run / "qat.weights.h5"))  # the student alone, as saved

@@ -151,7 +151,7 @@ def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_pat
     source.mkdir()
     (source / "config.json").write_text(json.dumps({"extra": {"command": "skinedge train DATA --out float-run"}}))
     meta = json.loads((bundle / "model.json").read_text())
-    meta["training"]["config"].update(float_from=str(source), qat_distill=0.75, extra={
+    meta["training"]["config"].update(float_from=str(source), qat_distill=0.75, settle_epochs=2, extra={
         "command": f"skinedge train DATA --out run --float-from {source} --qat-distill 0.75"})
     (bundle / "model.json").write_text(json.dumps(meta))
     result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
@@ -160,3 +160,4 @@ def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_pat
     first, second = card.index("skinedge train DATA --out float-run"), card.index("--float-from")
     assert first < second
     assert f"targets 0.75 float model + 0.25 labels, from the float model of {source}" in card
+    assert "settling 2 epochs on unmixed images (lr/100), QAT" in card

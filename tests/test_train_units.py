@@ -394,3 +394,15 @@ def test_distiller_saves_and_loads_the_student_alone(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="between 0"):
         Distiller(student, teacher, 1.5)
+
+
+def test_settling_runs_after_fine_tuning_at_a_tenth_of_its_rate_and_only_blending_phases_mix():
+    from skinedge.train.config import TrainConfig
+    from skinedge.train.fit import phase_mixup, phase_plan
+
+    cfg = TrainConfig(data="d", out="o", epochs=5, settle_epochs=2, qat_epochs=3, lr=1e-3, mixup=0.4)
+    assert phase_plan(cfg) == [("head", 2, 1e-3), ("finetune", 5, 1e-4), ("settle", 2, 1e-5), ("qat", 3, 1e-5)]
+    assert [phase_mixup(cfg, p) for p, _, _ in phase_plan(cfg)] == [0.4, 0.4, 0.0, 0.0]
+    cnn = TrainConfig(data="d", out="o", arch="cnn", epochs=5, settle_epochs=1, qat_epochs=0, lr=1e-3)
+    assert phase_plan(cnn) == [("finetune", 5, 1e-3), ("settle", 1, 1e-4)]
+    assert [p for p, _, _ in phase_plan(TrainConfig(data="d", out="o"))] == ["head", "finetune", "qat"]

@@ -159,7 +159,10 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                            f"{inp.get('resize')} then {inp.get('interpolation')} resize (skinedge.device.preprocess)"],
                  ["schedule", f"head {_epochs(cfg, ran, 'head', 'head_epochs')} (lr {cfg.get('lr')}), fine-tuning "
                               f"{_epochs(cfg, ran, 'finetune', 'epochs')} (lr/10, top "
-                              f"{1 - cfg.get('finetune_from', 0.6):.0%} of the backbone), QAT "
+                              f"{1 - cfg.get('finetune_from', 0.6):.0%} of the backbone), "
+                              + (f"settling {_epochs(cfg, ran, 'settle', 'settle_epochs')} on unmixed images "
+                                 "(lr/100), " if cfg.get("settle_epochs") else "")
+                              + "QAT "
                               f"{_epochs(cfg, ran, 'qat', 'qat_epochs')} (lr/100"
                               + (f", targets {cfg['qat_distill']:g} float model + {1 - cfg['qat_distill']:g} labels"
                                  if cfg.get("qat_distill") else "")

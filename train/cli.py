@@ -48,7 +48,7 @@ def _check_run_out(data: str, out: str, resume: bool) -> None:
 
 
 # what a --float-from run sets itself; every other setting is the float run's
-FLOAT_FROM_OPTIONS = {"data", "out", "float_from", "qat_epochs", "qat_distill", "resume"}
+FLOAT_FROM_OPTIONS = {"data", "out", "float_from", "settle_epochs", "qat_epochs", "qat_distill", "resume"}
 
 
 def _check_float_from(ctx: click.Context) -> None:
@@ -59,7 +59,8 @@ def _check_float_from(ctx: click.Context) -> None:
     if given:
         names = ", ".join(p.opts[0] for p in given)
         raise click.UsageError(f"{names}: set by the run --float-from names (its split, input size and float "
-                               "settings apply); only --qat-epochs and --qat-distill can be chosen with it.")
+                               "settings apply); only --settle-epochs, --qat-epochs and --qat-distill can be chosen "
+                               "with it.")
 
 
 class WeightsChoice(click.ParamType):
@@ -103,6 +104,9 @@ class WeightsChoice(click.ParamType):
 @click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
               help="Epochs training the head on a frozen backbone (mobilenetv2).")
 @click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="Fine-tuning epochs.")
+@click.option("--settle-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="After fine-tuning, N more epochs on unmixed images at a tenth of its learning rate (like "
+                   "Ultralytics' close_mosaic), kept if they score higher on validation.")
 @click.option("--qat-epochs", type=click.IntRange(min=0), default=3, show_default=True,
               help="Quantization-aware training epochs.")
 @click.option("--qat-distill", type=FiniteFloatRange(0, 1), default=0.0, show_default=True,
@@ -137,8 +141,8 @@ class WeightsChoice(click.ParamType):
 @click.pass_context
 def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
           leave_out: Optional[str], float_from: Optional[str], img_size: int, head_epochs: int, epochs: int,
-          qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float, balance: str,
-          label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str], test_fraction: float,
+          settle_epochs: int, qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float,
+          balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str], test_fraction: float,
           val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: int, no_augment: bool,
           resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
@@ -157,7 +161,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
       skinedge train ../shared/data/ham10000 --out runs/ham-for-isic9 --leave-out runs/isic9
       skinedge train ../shared/data/isic9/Train --out runs/isic9-from-ham --init-from runs/ham-for-isic9 \\
           --lesion-ids ../shared/data/ham10000/HAM10000_metadata.csv
-      skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 1
+      skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 1 \\
+          --settle-epochs 3
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
@@ -177,7 +182,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
 
     cfg = TrainConfig(
         data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, init_from=init_from, leave_out=leave_out,
-        img_size=img_size, head_epochs=head_epochs, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
+        img_size=img_size, head_epochs=head_epochs, epochs=epochs, settle_epochs=settle_epochs,
+        qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience,
         swa_epochs=swa_epochs, mixup=mixup, seed=seed, augment=not no_augment, float_from=float_from,

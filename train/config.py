@@ -33,6 +33,8 @@ class TrainConfig:
     img_size: int = 128  # square model input in pixels; MobileNetV2 works at any size >= 32
     head_epochs: int = 2  # float phase 1: train the new head with the backbone frozen (mobilenetv2 only)
     epochs: int = 10  # float phase 2: fine-tune (the upper backbone unfrozen for mobilenetv2, everything for cnn)
+    settle_epochs: int = 0  # float phase 3: this many more epochs on unmixed images at a tenth of the fine-tuning lr,
+    #   from the best fine-tuning weights (like Ultralytics' close_mosaic), kept if it scores higher on validation
     qat_epochs: int = 3  # phase 3: quantization-aware training starting from the best float weights
     qat_distill: float = 0.0  # QAT targets: this share of the float model's probabilities for the same image, the
     #   rest the labels (knowledge distillation; 1 = mimic the float model, keeping int8 close to it). 0 = off
@@ -65,6 +67,8 @@ class TrainConfig:
             raise ValueError("img_size must be at least 32")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError("swa_epochs must be between 0 and the number of fine-tuning epochs")
+        if self.settle_epochs < 0:
+            raise ValueError("settle_epochs must be 0 (off) or more")
         if not 0 <= self.mixup <= 10:
             raise ValueError("mixup must be between 0 (off) and 10")
         if not 0 <= self.qat_distill <= 1:

@@ -153,11 +153,18 @@ def _weights_readable(path: Path) -> bool:
 def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
     """(phase, epochs, peak learning rate) in order; phases with 0 epochs are skipped."""
     if cfg.arch == "cnn":
-        plan = [("finetune", cfg.epochs, cfg.lr), ("qat", cfg.qat_epochs, cfg.lr / 10)]
+        plan = [("finetune", cfg.epochs, cfg.lr), ("settle", cfg.settle_epochs, cfg.lr / 10),
+                ("qat", cfg.qat_epochs, cfg.lr / 10)]
     else:
         plan = [("head", cfg.head_epochs, cfg.lr), ("finetune", cfg.epochs, cfg.lr / 10),
-                ("qat", cfg.qat_epochs, cfg.lr / 100)]
+                ("settle", cfg.settle_epochs, cfg.lr / 100), ("qat", cfg.qat_epochs, cfg.lr / 100)]
     return [p for p in plan if p[1] > 0]
+
+
+def phase_mixup(cfg: TrainConfig, phase: str) -> float:
+    """The mixup of a phase: the head and fine-tuning blend images; settling and QAT train on the real images the
+    model will see (QAT learns their quantization ranges)."""
+    return cfg.mixup if phase in ("head", "finetune") else 0.0
 
 
 def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]:
@@ -277,8 +284,7 @@ def _run_phase(
             metrics=[TrainBalancedAccuracy(num_classes)],
         )
     weights = class_weights(y, num_classes) if cfg.balance == "weights" else None
-    # QAT learns the quantization ranges of real images: it trains on unmixed ones
-    mixup = cfg.mixup if phase != "qat" else 0.0
+    mixup = phase_mixup(cfg, phase)
     ds = make_dataset(x, y, num_classes, cfg.batch_size, training=True, seed=cfg.seed, augment=cfg.augment,
                       oversample=cfg.balance == "oversample", label_smoothing=cfg.label_smoothing,
                       class_weight=weights, mixup=mixup)

@@ -30,7 +30,7 @@ from . import plots
 BINS = 10  # equal-width confidence bins of the reliability diagram and the ECE
 GALLERY_SIZE = 12  # thumbnails per gallery
 THUMB_MAX = 128  # thumbnail side in pixels (JPEG, embedded)
-PHASE_ORDER = ("head", "finetune", "qat")
+PHASE_ORDER = ("head", "finetune", "settle", "qat")
 
 
 @dataclass

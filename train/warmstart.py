@@ -6,8 +6,8 @@
     splits = split_samples(samples, 0.15, 0.15, 42, pinned=pinned)   # ...stay in training
     copy_backbone(model, source)                      # every layer but the head, before the head phase
 
-`skinedge train --float-from RUN` runs QAT alone on RUN's best float model, split and settings (float_run,
-adopt_float): QAT recipes (--qat-epochs, --qat-distill) compared on one float model, without training it again.
+`skinedge train --float-from RUN` runs QAT alone (after --settle-epochs, if any) on RUN's best float model, split
+and settings (float_run, adopt_float): QAT recipes compared on one float model, without training it again.
 
 The typical use is HAM10000 before the 9-class ISIC set, which reuses HAM10000 images. A model that has trained on
 a lesion must not be validated or tested on it, nor should early stopping have been tuned on it. The clean recipe
@@ -112,7 +112,8 @@ def float_run(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     stored = TrainConfig(**{k: v for k, v in source.config.items() if k in known})
     merged = dataclasses.replace(
-        stored, out=cfg.out, float_from=cfg.float_from, qat_epochs=cfg.qat_epochs, qat_distill=cfg.qat_distill,
+        stored, out=cfg.out, float_from=cfg.float_from, settle_epochs=cfg.settle_epochs, qat_epochs=cfg.qat_epochs,
+        qat_distill=cfg.qat_distill,
         # the source's decoded images serve as they are: same files, same size
         cache_dir=stored.cache_dir or str(source.path / "cache"), extra={},
     )
