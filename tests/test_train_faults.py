@@ -130,6 +130,41 @@ def test_resume_continues_the_epochs_instead_of_restarting(resumed_run):
     assert lines[: len(kept)] == kept  # the epochs before the kill are kept, not retrained
 
 
+def test_distilled_qat_killed_mid_phase_resumes_and_saves_the_student(resumed_run, tmp_path):
+    """QAT with a float teacher (--float-from the run above, --qat-distill 1), SIGKILLed once its first backup
+    exists: --resume restores student, teacher and optimizer from the backup, finishes the phase's epochs without
+    repeating one, and qat.weights.h5 holds the student alone (load_qat_model reads it)."""
+    from skinedge.convert.model import load_qat_model
+
+    data, run = shared_path("data", "isic9", "Train"), tmp_path / "distilled"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run),
+                                 "--float-from", str(resumed_run["run"].resolve()), "--qat-epochs", "6",
+                                 "--qat-distill", "1"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        backup_index, deadline = run / "backup" / "qat" / "chief" / "checkpoint", time.time() + 240
+        try:
+            while not backup_index.exists():
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.time() < deadline, "no QAT backup within 240 s"
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "qat" not in json.loads((run / "state.json").read_text())["phases"]
+    resumed = subprocess.run([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run), "--resume"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = [int(line.split(",")[0]) for line in (run / "history" / "qat.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(6))
+    assert json.loads((run / "state.json").read_text())["phases"]["qat"]["done"]
+    qat = load_qat_model("cnn", 9, 32, 1.0, str(run / "qat.weights.h5"))
+    assert qat.output_shape[-1] == 9
+
+
 def test_resume_of_a_finished_run_from_anywhere_with_old_style_state(resumed_run, tmp_path, monkeypatch):
     """Older runs stored weights paths as given on the command line (relative to where training started);
     resuming from another directory must still find them."""
