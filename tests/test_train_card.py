@@ -150,6 +150,7 @@ def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_pat
     source = tmp_path / "float-run"
     source.mkdir()
     (source / "config.json").write_text(json.dumps({"extra": {"command": "skinedge train DATA --out float-run"}}))
+    (source / "summary.json").write_text(json.dumps({"train_seconds": 4320}))
     meta = json.loads((bundle / "model.json").read_text())
     meta["training"]["config"].update(float_from=str(source), qat_distill=0.75, settle_epochs=2, extra={
         "command": f"skinedge train DATA --out run --float-from {source} --qat-distill 0.75"})
@@ -161,3 +162,4 @@ def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_pat
     assert first < second
     assert f"targets 0.75 float model + 0.25 labels, from the float model of {source}" in card
     assert "settling 2 epochs on unmixed images (lr/100), QAT" in card
+    assert "| training time | 102 min: 72 min for the float model, 30 min for QAT on it |" in card

@@ -174,7 +174,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                               + f"seed {cfg.get('seed')}" + _swa(cfg, summary)],
                  ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
                                   + ", ".join(f"{k} {v}" for k, v in q.get("tools", {}).items())],
-                 ["training time", train_time or (f"{seconds / 60:.0f} min" if seconds else "not recorded")],
+                 ["training time", train_time or _train_time(seconds, (summary or {}).get("float_train_seconds"))],
                  ["hardware", hw],
                  ["model file", f"{meta.get('model', {}).get('bytes', 0) / 1e6:.2f} MB, sha256 "
                                 f"{meta.get('model', {}).get('sha256', '')}"],
@@ -232,6 +232,16 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def _train_time(seconds: Optional[float], float_seconds: Optional[float]) -> str:
+    """This run's training time; for a --float-from run, with the float run's, which it builds on."""
+    if not seconds:
+        return "not recorded"
+    if not float_seconds:
+        return f"{seconds / 60:.0f} min"
+    return (f"{(seconds + float_seconds) / 60:.0f} min: {float_seconds / 60:.0f} min for the float model, "
+            f"{seconds / 60:.0f} min for QAT on it")
+
+
 def _fmt(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.3f}"
 
@@ -248,6 +258,12 @@ def write_card(bundle: os.PathLike | str, report: os.PathLike | str, run: Option
     summary = _read_json(run_path / "summary.json") if run and (run_path / "summary.json").exists() else None
     if run and summary is None:
         raise CardError(f"{run_path / 'summary.json'}: not found (is the run finished?)")
+    source = meta.get("training", {}).get("config", {}).get("float_from")
+    if summary and source and (Path(source) / "summary.json").is_file():
+        try:  # the float run's time belongs to this model's too
+            summary["float_train_seconds"] = _read_json(Path(source) / "summary.json").get("train_seconds")
+        except CardError as exc:
+            log.warning("%s; the training time counts QAT only", exc)
     prior = prior_commands(meta.get("training", {}).get("config", {}))
     text = render(meta, metrics, summary, commands(meta, str(bundle), str(report), str(run_path), prior), hardware,
                   train_time, epochs_run(run_path) if run else None)
