@@ -41,9 +41,9 @@ from skinedge.device.atomic import replaced_file
 from skinedge.device.labels import format_labels
 
 from . import data as D
+from .config import TrainConfig
 from .distill import Distiller
 from .monitor import MONITOR, TrainBalancedAccuracy, ValidationMetrics, validation_scores
-from .config import TrainConfig
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
 from .swa import WeightAverage
@@ -51,6 +51,7 @@ from .warmstart import adopt_float, copy_backbone, float_run, left_out, open_run
 from .weights import resolve_weights
 
 log = logging.getLogger(__name__)
+
 
 class RunError(ValueError):
     """A run dir or configuration that cannot be used; the message says what to do."""
