@@ -238,14 +238,20 @@ def test_float_from_runs_qat_alone_on_the_float_model_and_split_of_another_run(m
     run = tmp_path / "distilled"
     _cli("train", str(shared_path("data", "isic9", "Train")), "--out", str(run), "--float-from", str(mobilenet_run),
          "--settle-epochs", "1", "--qat-epochs", "1", "--qat-distill", "1")
-    for name in ("split.csv", "labels.txt", "float.weights.h5", "history/head.csv", "history/finetune.csv"):
+    for name in ("split.csv", "labels.txt", "history/head.csv", "history/finetune.csv"):
         assert (run / name).read_bytes() == (mobilenet_run / name).read_bytes(), name
+    adopted = run / "checkpoints" / "float_from.weights.h5"
+    assert adopted.read_bytes() == (mobilenet_run / "float.weights.h5").read_bytes()
     ours, theirs = (json.loads((r / "config.json").read_text()) for r in (run, mobilenet_run))
     assert ours["float_from"] == str(mobilenet_run) and ours["qat_distill"] == 1.0 and ours["qat_epochs"] == 1
     assert {k: ours[k] for k in ("img_size", "limit", "seed", "batch_size", "lr")} == \
         {k: theirs[k] for k in ("img_size", "limit", "seed", "batch_size", "lr")}
     state = json.loads((run / "state.json").read_text())
     assert state["phases"]["finetune"]["from"] == str(mobilenet_run) and state["phases"]["qat"]["done"]
+    # settling is kept only if it scores at least as well on validation; the float model is whichever won
+    settled = state["phases"]["settle"]["best"] >= max(state["phases"][p]["best"] for p in ("head", "finetune"))
+    assert state["float_best"] == ("checkpoints/settle.weights.h5" if settled else "checkpoints/float_from.weights.h5")
+    assert (run / "float.weights.h5").read_bytes() == (run / state["float_best"]).read_bytes()
     for phase in ("settle", "qat"):  # header + the one epoch each
         assert len((run / "history" / f"{phase}.csv").read_text().strip().splitlines()) == 2, phase
     metrics = json.loads((run / "metrics.json").read_text())
