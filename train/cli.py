@@ -98,7 +98,7 @@ class WeightsChoice(click.ParamType):
               help="Leave out the lesions another run validates or tests on, so that run can --init-from this one.")
 @click.option("--float-from", type=click.Path(exists=True, file_okay=False, path_type=str),
               help="Run QAT alone, on another finished run's best float model, with its split and settings (to try "
-                   "--qat-epochs or --qat-distill without training the float model again).")
+                   "--settle-epochs, --qat-epochs or --qat-distill without training the float model again).")
 @click.option("--img-size", type=click.IntRange(32, MAX_IMG_SIZE), default=128, show_default=True,
               help="Input size (px).")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
@@ -150,7 +150,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
     HAM10000's metadata names them; a folder per class takes them from --lesion-ids (the ISIC 9-class set reuses
     HAM10000 images, several of one lesion), or else treats each image as its own lesion. Phases: head (frozen
-    backbone), fine-tuning, then QAT.
+    backbone), fine-tuning, settling (--settle-epochs), then QAT.
 
     \b
     Examples:
@@ -161,8 +161,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
       skinedge train ../shared/data/ham10000 --out runs/ham-for-isic9 --leave-out runs/isic9
       skinedge train ../shared/data/isic9/Train --out runs/isic9-from-ham --init-from runs/ham-for-isic9 \\
           --lesion-ids ../shared/data/ham10000/HAM10000_metadata.csv
-      skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 1 \\
-          --settle-epochs 3
+      skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 0.5
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
