@@ -1,5 +1,5 @@
 """Files and folders that appear whole or not at all: bundles (`write_bundle`) and comparison reports are written
-with `staged_dir`, single files (weights, run state, checkpoints) with `replaced_file`.
+with `staged_dir`, single files (weights, run state, checkpoints) with `replaced_file`, copies with `copy_file`.
 
     with staged_dir(Path("models/ham")) as tmp:
         (tmp / "model.tflite").write_bytes(data)      # fill the staging folder...
@@ -31,6 +31,12 @@ def replaced_file(path: Path) -> Iterator[Path]:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """shutil.copyfile through `replaced_file`: a copy that fails half way leaves `dest` as it was."""
+    with replaced_file(dest) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 @contextlib.contextmanager

@@ -254,7 +254,7 @@ def test_disk_full_mid_copy_leaves_the_old_weights_whole(resumed_run, monkeypatc
     """A copy into place that fails half way (disk full) leaves the previous file, not half of the new one."""
     import shutil
 
-    from skinedge.train import fit
+    from skinedge.device.atomic import copy_file
 
     run = resumed_run["run"].resolve()
     before = (run / "float.weights.h5").read_bytes()
@@ -265,7 +265,7 @@ def test_disk_full_mid_copy_leaves_the_old_weights_whole(resumed_run, monkeypatc
 
     monkeypatch.setattr(shutil, "copyfile", half_copy)
     with pytest.raises(OSError, match="No space left"):
-        fit._copy_file(run / "checkpoints" / "finetune.weights.h5", run / "float.weights.h5")
+        copy_file(run / "checkpoints" / "finetune.weights.h5", run / "float.weights.h5")
     assert (run / "float.weights.h5").read_bytes() == before
     assert not (run / ".tmp-float.weights.h5").exists()  # the half-written temporary is gone too
 

@@ -37,7 +37,7 @@ from skinedge.convert.model import (
 )
 from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, cache_dir, read_history
 from skinedge.convert.tfcompat import keras, tf
-from skinedge.device.atomic import replaced_file
+from skinedge.device.atomic import copy_file, replaced_file
 from skinedge.device.labels import format_labels
 
 from . import data as D
@@ -65,12 +65,6 @@ def _write_text(path: Path, text: str) -> None:
     """Write through a temporary file renamed into place: a full disk or a kill leaves the old file whole."""
     with replaced_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def _copy_file(src: Path, dest: Path) -> None:
-    """shutil.copyfile through a temporary file renamed into place (a failed copy leaves `dest` as it was)."""
-    with replaced_file(dest) as tmp:
-        shutil.copyfile(src, tmp)
 
 
 def _in_run(run: Path, stored: Optional[str]) -> Optional[Path]:
@@ -372,14 +366,14 @@ def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.nda
     x_va, y_va = val_xy
     metrics: dict[str, Any] = {}
     if float_best:
-        _copy_file(Path(float_best), run / FLOAT_WEIGHTS)
+        copy_file(Path(float_best), run / FLOAT_WEIGHTS)
         model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / FLOAT_WEIGHTS))
         with replaced_file(run / "float.keras") as tmp:
             model.save(tmp)
         float_probs = model.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         metrics["float"] = classification_metrics(y_va, float_probs, classes)
     if state["phases"].get("qat", {}).get("done"):
-        _copy_file(_in_run(run, state["phases"]["qat"]["weights"]), run / QAT_WEIGHTS)
+        copy_file(_in_run(run, state["phases"]["qat"]["weights"]), run / QAT_WEIGHTS)
         qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / QAT_WEIGHTS))
         qat_probs = qat.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         ref = float_probs.argmax(1) if float_best else None

@@ -23,12 +23,11 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from skinedge.convert.rundir import FLOAT_WEIGHTS, RunDir, RunDirError, Sample
-from skinedge.device.atomic import replaced_file
+from skinedge.device.atomic import copy_file
 
 from . import data as D
 from .config import TrainConfig
@@ -132,12 +131,10 @@ def adopt_float(run: Path, source: Path, state: dict[str, Any]) -> None:
         raise WarmStartError(f"--float-from: {source / 'state.json'} is unreadable ({exc})") from None
     (run / "checkpoints").mkdir(exist_ok=True)
     (run / "history").mkdir(exist_ok=True)
-    with replaced_file(run / ADOPTED_FLOAT) as tmp:
-        shutil.copyfile(source / FLOAT_WEIGHTS, tmp)
+    copy_file(source / FLOAT_WEIGHTS, run / ADOPTED_FLOAT)
     for phase, entry in phases.items():
         state["phases"][phase] = {"done": True, "best": entry.get("best", 0.0), "from": str(source)}
         history = source / "history" / f"{phase}.csv"
         if history.is_file():
-            with replaced_file(run / "history" / f"{phase}.csv") as tmp:
-                shutil.copyfile(history, tmp)
+            copy_file(history, run / "history" / f"{phase}.csv")
     state["float_best"] = ADOPTED_FLOAT
