@@ -47,20 +47,18 @@ def _check_run_out(data: str, out: str, resume: bool) -> None:
                                  param_hint="'--out'")
 
 
-# what a --float-from run sets itself; every other setting is the float run's
-FLOAT_FROM_OPTIONS = {"data", "out", "float_from", "settle_epochs", "qat_epochs", "qat_distill", "resume"}
-
-
 def _check_float_from(ctx: click.Context) -> None:
     """Refuse float-phase options next to --float-from: the float run's settings apply, and a value that is
     silently ignored would mislead (usage error, exit 2)."""
-    given = [p for p in ctx.command.params if p.name not in FLOAT_FROM_OPTIONS
+    from .config import FLOAT_FROM_CHOICES
+
+    allowed = {"data", "out", "float_from", "resume", *FLOAT_FROM_CHOICES}
+    given = [p for p in ctx.command.params if p.name not in allowed
              and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
     if given:
-        names = ", ".join(p.opts[0] for p in given)
-        raise click.UsageError(f"{names}: set by the run --float-from names (its split, input size and float "
-                               "settings apply); only --settle-epochs, --qat-epochs and --qat-distill can be chosen "
-                               "with it.")
+        choices = ", ".join("--" + name.replace("_", "-") for name in FLOAT_FROM_CHOICES)
+        raise click.UsageError(f"{', '.join(p.opts[0] for p in given)}: set by the run --float-from names (its "
+                               f"split, input size and float settings apply); only {choices} can be chosen with it.")
 
 
 class WeightsChoice(click.ParamType):

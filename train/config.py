@@ -15,6 +15,8 @@ from typing import Any, Optional
 from skinedge.device.atomic import replaced_file
 
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
+# the settings a --float-from run chooses itself; every other one is the float run's
+FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill")
 
 
 @dataclass
@@ -85,6 +87,10 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+        """A config from a stored config.json's contents; keys of other versions are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})

@@ -30,7 +30,7 @@ from skinedge.convert.rundir import FLOAT_WEIGHTS, RunDir, RunDirError, Sample
 from skinedge.device.atomic import copy_file
 
 from . import data as D
-from .config import TrainConfig
+from .config import FLOAT_FROM_CHOICES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,9 @@ def float_run(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
     if not same:
         raise WarmStartError(f"--float-from {cfg.float_from}: it trained on {theirs}, not {cfg.data}; pass its data "
                              "folder")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    stored = TrainConfig(**{k: v for k, v in source.config.items() if k in known})
+    stored = TrainConfig.from_dict(source.config)
     merged = dataclasses.replace(
-        stored, out=cfg.out, float_from=cfg.float_from, settle_epochs=cfg.settle_epochs, qat_epochs=cfg.qat_epochs,
-        qat_distill=cfg.qat_distill,
+        stored, out=cfg.out, float_from=cfg.float_from, **{k: getattr(cfg, k) for k in FLOAT_FROM_CHOICES},
         # the source's decoded images serve as they are: same files, same size
         cache_dir=stored.cache_dir or str(source.path / "cache"), extra={},
     )
