@@ -15,6 +15,7 @@ from skinedge.cli import (
     one_line,
     os_error,
 )
+from skinedge.device.constants import FLAG_PRIORS
 
 
 @click.command()
@@ -26,9 +27,12 @@ from skinedge.cli import (
               help="Training images used to calibrate the parts QAT left float.")
 @click.option("--flag-sensitivity", type=FiniteFloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Melanoma flag threshold chosen for this sensitivity on validation images.")
+@click.option("--flag-prior", type=click.Choice(FLAG_PRIORS), default="train", show_default=True,
+              help="Class frequencies the flag reads P(melanoma) at: the training split's (for a model trained "
+                   "class-balanced, whose raw outputs assume equal classes) or none (the raw output).")
 @click.option("--name", help="Bundle name (default: the folder name).")
 def convert(run_dir: str, out: str, min_agreement: float, calibration_images: int, flag_sensitivity: float,
-            name: str | None) -> None:
+            flag_prior: str, name: str | None) -> None:
     """Convert RUN_DIR's QAT model to a verified full-integer int8 TFLite bundle.
 
     The bundle folder holds model.tflite (labels and input spec embedded), labels.txt and model.json.
@@ -52,7 +56,8 @@ def convert(run_dir: str, out: str, min_agreement: float, calibration_images: in
     from .export import ConvertError, convert_run
 
     try:
-        meta = convert_run(run_dir, out, min_agreement, calibration_images, flag_sensitivity, name)
+        meta = convert_run(run_dir, out, min_agreement, calibration_images, flag_sensitivity, name,
+                           flag_prior=flag_prior)
     except ConvertError as exc:
         raise click.ClickException(one_line(exc)) from None
     except OSError as exc:
@@ -66,6 +71,7 @@ def convert(run_dir: str, out: str, min_agreement: float, calibration_images: in
     click.echo(f"int8 validation accuracy {v['accuracy']:.3f}, balanced accuracy {v['balanced_accuracy']:.3f}")
     f = (v.get("melanoma") or {}).get("flag")  # validation figures at the bundle's flag threshold, if it has one
     if f:
-        click.echo(f"melanoma flag: P >= {f['threshold']:.4f} (val sensitivity {f['sensitivity']}, "
+        at = " at the training class frequencies" if (meta.get("flag") or {}).get("class_frequencies") else ""
+        click.echo(f"melanoma flag: P{at} >= {f['threshold']:.4f} (val sensitivity {f['sensitivity']}, "
                    f"specificity {f['specificity']})")
     click.echo(f"bundle written to {out}")

@@ -6,13 +6,15 @@
 The int8 model takes raw RGB uint8 pixels (the model's own rescale is quantized into it) and returns int8
 probabilities; every op runs in int8. Before anything is written it is checked against the QAT Keras model on the
 run's validation images, through the device's own ImageClassifier, and refused below `min_agreement` top-1
-agreement. The melanoma flag threshold is chosen on the same validation images for `flag_sensitivity`.
+agreement. The melanoma flag threshold is chosen on the same validation images for `flag_sensitivity`, on P(melanoma)
+at the training split's class frequencies when the model was trained class-balanced (`flag_frequencies`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -22,9 +24,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from skinedge.device.bundle import embed_metadata, write_bundle
+from skinedge.device.bundle import FlagRule, embed_metadata, write_bundle
 from skinedge.device.classifier import ImageClassifier
-from skinedge.device.constants import INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP
+from skinedge.device.constants import FLAG_PRIORS, INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP
 from skinedge.device.golden import make_golden
 
 from .metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
@@ -40,6 +42,21 @@ INTEGER_TYPES = {np.int8, np.uint8, np.int32}
 
 class ConvertError(ValueError):
     """A run that cannot be converted, or a model that fails verification; the message says why."""
+
+
+def flag_frequencies(classes: Sequence[str], train_counts: dict[str, int], balance: str, label: str,
+                     prior: str = "train") -> Optional[dict[str, float]]:
+    """The class frequencies the flag reads P(`label`) at, or None for the raw output.
+
+    A model trained with class weights or oversampling (`balance`) answers as if its classes were equally common:
+    prior "train" moves its P(label) to the training split's frequencies. A model trained on the data's own
+    frequencies (balance "none") already answers at them, and reweighting again would count them twice."""
+    if prior not in FLAG_PRIORS:
+        raise ValueError(f"unknown flag prior {prior!r}")
+    total = sum(train_counts.get(c, 0) for c in classes)
+    if prior == "none" or balance == "none" or not train_counts.get(label):
+        return None
+    return {c: round(train_counts.get(c, 0) / total, 6) for c in classes}
 
 
 def split_description(cfg: dict) -> str:
@@ -156,7 +173,7 @@ def reference_kernel_probs(tflite: bytes, x: np.ndarray) -> np.ndarray:
 
 def convert_run(
     run_dir: str | Path, out_dir: str | Path, min_agreement: float = 0.98, calibration_images: int = 200,
-    flag_sensitivity: float = 0.9, name: Optional[str] = None, threads: int = 2,
+    flag_sensitivity: float = 0.9, name: Optional[str] = None, threads: int = 2, flag_prior: str = "train",
 ) -> dict[str, Any]:
     """Convert RUN_DIR's QAT model into a verified int8 bundle at OUT_DIR; returns the bundle's model.json."""
     try:
@@ -202,21 +219,25 @@ def convert_run(
             f"below --min-agreement {min_agreement:.1%}; nothing was written{hint}"
         )
 
-    flag = None
+    flag, rule = None, None
     mel = melanoma_index(classes)
+    counts = {k: class_counts(v) for k, v in run.splits.items()}
     if mel is not None and np.any(y_va == mel):
-        threshold = threshold_for_sensitivity(y_va == mel, probs[:, mel], flag_sensitivity)
-        flag = {"label": classes[mel], "threshold": round(threshold, 6),
-                "rule": f"flag when P({classes[mel]}) >= threshold",
-                "chosen_for": f"sensitivity >= {flag_sensitivity} on the validation split"}
-    val_metrics = classification_metrics(y_va, probs, classes, flag_threshold=flag and flag["threshold"],
-                                         reference_pred=ref.argmax(1))
+        shares = flag_frequencies(classes, counts.get("train", {}), cfg.get("balance", "weights"), classes[mel],
+                                  flag_prior)
+        rule = FlagRule(classes[mel], 0.0, tuple(shares.items()) if shares else ())
+        threshold = threshold_for_sensitivity(y_va == mel, rule.scores(probs, classes), flag_sensitivity)
+        # rounded down, so the validation melanomas the threshold was chosen to catch stay caught
+        rule = FlagRule(rule.label, math.floor(threshold * 1e6) / 1e6, rule.class_frequencies)
+        flag = {"label": rule.label, "threshold": rule.threshold, "rule": rule.describe(),
+                "chosen_for": f"sensitivity >= {flag_sensitivity} on the validation split", "prior": flag_prior,
+                **({"class_frequencies": shares} if shares else {})}
+    val_metrics = classification_metrics(y_va, probs, classes, flag=rule, reference_pred=ref.argmax(1))
     spec = {
         "height": size[0], "width": size[1], "channels": 3, "color": "RGB", "layout": "NHWC", "dtype": "uint8",
         "resize": RESIZE_CENTER_CROP, "interpolation": "bilinear", "range": [0, 255], "mean": norm[0], "std": norm[1],
         "output": "probabilities", "flag": flag,
     }
-    counts = {k: class_counts(v) for k, v in run.splits.items()}
     meta = {
         "name": name or Path(out_dir).name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -240,4 +261,4 @@ def convert_run(
     # reference inputs and raw int8 outputs as the device's runtime gives them (1 thread): `device selftest`
     golden = make_golden(tflite, size[0], size[1])
     write_bundle(out_dir, tflite, classes, spec, meta, golden=golden)
-    return meta
+    return {**meta, "flag": flag}

@@ -2,6 +2,7 @@
 
     m = classification_metrics(y_true, probs, classes)      # accuracy, balanced accuracy, macro F1, AUC, ...
     t = threshold_for_sensitivity(y_true == mel, probs[:, mel], 0.9)
+    m = classification_metrics(y_true, probs, classes, flag=FlagRule("mel", t))  # + the flag's sensitivity ...
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from skinedge.device.bundle import FlagRule
 from skinedge.device.constants import MELANOMA_LABELS
 
 
@@ -45,12 +47,12 @@ def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, sensitivi
 
 
 def classification_metrics(
-    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], flag_threshold: Optional[float] = None,
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], flag: Optional[FlagRule] = None,
     reference_pred: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1, one-vs-rest ROC-AUC, melanoma
-    sensitivity/specificity (at argmax, and at `flag_threshold` when given) and top-1 agreement with
-    `reference_pred` (e.g. the float model's predictions)."""
+    sensitivity/specificity (at argmax, and of the bundle's `flag` rule when given, with the ROC-AUC of the score
+    it thresholds) and top-1 agreement with `reference_pred` (e.g. the float model's predictions)."""
     y_true = np.asarray(y_true)
     pred = probs.argmax(axis=1)
     labels = list(range(len(classes)))
@@ -83,9 +85,12 @@ def classification_metrics(
         out["melanoma"]["sensitivity"], out["melanoma"]["specificity"] = binary_rates(positive, pred == mel)
         if positive.any() and (~positive).any():
             out["melanoma"]["roc_auc"] = _clean(skm.roc_auc_score(positive, probs[:, mel]))
-        if flag_threshold is not None:
-            sens, spec = binary_rates(positive, probs[:, mel] >= flag_threshold)
-            out["melanoma"]["flag"] = {"threshold": _clean(flag_threshold), "sensitivity": sens, "specificity": spec}
+        if flag is not None and flag.label == classes[mel]:
+            score = flag.scores(probs, classes)
+            sens, spec = binary_rates(positive, score >= flag.threshold)
+            out["melanoma"]["flag"] = {"threshold": _clean(flag.threshold), "sensitivity": sens, "specificity": spec}
+            if flag.class_frequencies and positive.any() and (~positive).any():
+                out["melanoma"]["flag"]["roc_auc"] = _clean(skm.roc_auc_score(positive, score))
     if reference_pred is not None:
         out["agreement"] = _clean(np.mean(pred == np.asarray(reference_pred)))
     return out

@@ -51,13 +51,38 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class FlagRule:
-    """Raise a flag when P(label) >= threshold (chosen on validation data for high sensitivity)."""
+    """Raise a flag when P(label) >= threshold (chosen on validation data for high sensitivity).
+
+    With `class_frequencies`, P(label) is read after Bayes' rule moves the model's probabilities to those class
+    frequencies: p_c * f_c, renormalised. A model trained class-balanced answers as if every class were equally
+    common, so its raw P(melanoma) weighs melanoma against an even mix of the other classes; the lesions it is
+    shown are mostly nevi. At the training data's frequencies the score ranks melanoma against the rest as the
+    rest occurs, which is the one-vs-rest question the flag asks (and the top classes, which balanced accuracy
+    scores, stay those of the raw output)."""
 
     label: str
     threshold: float
+    class_frequencies: tuple[tuple[str, float], ...] = ()  # (class, share) pairs; empty: the raw P(label)
+
+    def scores(self, probabilities: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """The flag's P(label) for one probability vector (C,) or many (N x C), classes in `labels` order."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        if self.class_frequencies:
+            shares = dict(self.class_frequencies)
+            p = p * np.array([shares.get(name, 0.0) for name in labels])
+            p = p / np.maximum(p.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
+        return p[..., list(labels).index(self.label)]
 
     def applies(self, probabilities: Mapping[str, float]) -> bool:
-        return probabilities.get(self.label, 0.0) >= self.threshold
+        if self.label not in probabilities:
+            return False
+        names = list(probabilities)
+        return bool(self.scores(np.array([probabilities[n] for n in names]), names) >= self.threshold)
+
+    def describe(self) -> str:
+        """The rule in words, as model.json and the model card give it."""
+        at = " at the training data's class frequencies" if self.class_frequencies else ""
+        return f"flag when P({self.label}){at} >= threshold"
 
 
 @dataclass
@@ -212,7 +237,29 @@ def _flag_from(spec: Mapping[str, Any], labels: Optional[Sequence[str]], source:
         raise BundleError(f"{source}: flag rule must have a label and a numeric threshold") from None
     if labels is not None and rule.label not in labels:
         raise BundleError(f"{source}: flag label {rule.label!r} is not one of the model's labels")
-    return rule
+    shares = flag.get("class_frequencies")
+    if shares is None:
+        return rule
+    problem = _frequencies_problem(shares, labels, rule.label)
+    if problem:
+        raise BundleError(f"{source}: flag class_frequencies {problem}")
+    return FlagRule(rule.label, rule.threshold, tuple((str(k), float(v)) for k, v in shares.items()))
+
+
+def _frequencies_problem(shares: Any, labels: Optional[Sequence[str]], label: str) -> Optional[str]:
+    """Why a flag's class_frequencies cannot be used, or None: an object giving every class a finite share >= 0,
+    the flagged class's above 0 (else nothing could ever be flagged)."""
+    if not isinstance(shares, dict):
+        return f"must be a JSON object of class: share, not {type(shares).__name__}"
+    missing = [name for name in (labels or []) if name not in shares]
+    if missing:
+        return f"lack the class(es) {', '.join(missing[:3])}"
+    for name, value in shares.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            return f"give {name!r} {value!r}, not a finite share >= 0"
+    if not shares.get(label):
+        return f"give the flagged class {label!r} no share"
+    return None
 
 
 def read_meta(path: PathLike) -> dict[str, Any]:

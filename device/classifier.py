@@ -5,6 +5,7 @@
     for cat in clf.classify(rgb_uint8_frame):      # or clf.classify_path("lesion.jpg")
         print(cat.label, cat.score)
     clf.flagged(clf.last_probabilities)            # melanoma flag rule of the bundle, if it has one
+    clf.flag_score(clf.last_probabilities)         # the P(melanoma) the rule compares with its threshold
 
 Works with any single-input image-classification TFLite model: uint8, int8 or float32 input (quantization read
 from the input tensor; the normalisation (pixel - mean) / std from the bundle spec or `mean`/`std`), quantized
@@ -239,11 +240,16 @@ class ImageClassifier:
         order = np.argsort(-probabilities, kind="stable")[:k]
         return [Category(int(i), self.labels[i], float(probabilities[i])) for i in order]
 
-    def flagged(self, probabilities: np.ndarray) -> Optional[bool]:
-        """The bundle's flag rule applied to class probabilities; None when the bundle has no rule."""
+    def flag_score(self, probabilities: np.ndarray) -> Optional[float]:
+        """The P(melanoma) the bundle's flag rule compares with its threshold; None when the bundle has no rule."""
         if self.flag_rule is None:
             return None
-        return bool(probabilities[self.labels.index(self.flag_rule.label)] >= self.flag_rule.threshold)
+        return float(self.flag_rule.scores(probabilities, self.labels))
+
+    def flagged(self, probabilities: np.ndarray) -> Optional[bool]:
+        """The bundle's flag rule applied to class probabilities; None when the bundle has no rule."""
+        score = self.flag_score(probabilities)
+        return None if score is None else score >= self.flag_rule.threshold
 
     # -- public API -----------------------------------------------------------------------------------------
 

@@ -135,8 +135,8 @@ def classify(
                 "top": [{"label": c.label, "score": round(c.score, 6)} for c in top],
                 "latency_ms": round(latency, 3),
             }
-            if flag is not None:
-                record["flag"] = flag
+            if flag is not None:  # the P(melanoma) the rule compared, beside its verdict
+                record["flag"], record["flag_score"] = flag, round(clf.flag_score(clf.last_probabilities), 6)
             click.echo(_json_line(record))
         else:
             others = ", ".join(f"{c.label} {c.score:.2f}" for c in top[1:])

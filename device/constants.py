@@ -28,6 +28,9 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 # Labels that mean melanoma in the data sets we know (HAM10000 `dx` code, ISIC folder name).
 MELANOMA_LABELS = frozenset({"mel", "melanoma"})
+# What a bundle's melanoma flag reads P(melanoma) at (`skinedge convert --flag-prior`): "train", the training
+# split's class frequencies (the rule stores them; for a model trained class-balanced), or "none", the raw output.
+FLAG_PRIORS = ("train", "none")
 
 # Preprocessing modes understood by skinedge.device.preprocess (stored in model.json as input.resize).
 RESIZE_CENTER_CROP = "center_crop"

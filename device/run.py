@@ -360,6 +360,7 @@ def run_loop(
             top = classifier.classify(region, config.top_k)
             timing = classifier.last_timing
             flag = classifier.flagged(classifier.last_probabilities)
+            flag_score = classifier.flag_score(classifier.last_probabilities)
             latency = {
                 "capture_ms": (t1 - t0) * 1e3,
                 "preprocess_ms": (t2 - t1) * 1e3 + timing["preprocess_ms"],
@@ -373,7 +374,8 @@ def run_loop(
                 "time": iso_time(when), "frame": frame_no, "source": config.source, "input": frame.name,
                 "model_sha256": sha256, "label": top[0].label, "score": round(top[0].score, 6),
                 "top": [{"label": c.label, "score": round(c.score, 6)} for c in top],
-                "flag": flag, "latency_ms": latency, "image": saved,
+                "flag": flag, "flag_score": None if flag_score is None else round(flag_score, 6),
+                "latency_ms": latency, "image": saved,
             }
             summary.log_path = frame_log.write(record, when)
             summary.frames += 1

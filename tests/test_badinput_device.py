@@ -619,6 +619,15 @@ def test_bad_labels_file_inside_a_bundle(bundle_copy, colour_files):
     ({"labels": ["akiec", "mel", "mel"]}, "appears more than once"),
     ({"flag": {"label": "melanoma", "threshold": 0.5}}, "not one of the model's labels"),
     ({"flag": {"label": "mel", "threshold": "high"}}, "numeric threshold"),
+    ({"flag": {"label": "mel", "threshold": 0.3, "class_frequencies": [0.1, 0.2, 0.7]}}, "must be a JSON object"),
+    ({"flag": {"label": "mel", "threshold": 0.3, "class_frequencies": {"mel": 0.2, "nv": 0.8}}},
+     "lack the class(es) akiec"),
+    ({"flag": {"label": "mel", "threshold": 0.3, "class_frequencies": {"akiec": "a", "mel": 0.2, "nv": 0.8}}},
+     "give 'akiec' 'a', not a finite share >= 0"),
+    ({"flag": {"label": "mel", "threshold": 0.3, "class_frequencies": {"akiec": -1, "mel": 0.2, "nv": 0.8}}},
+     "not a finite share >= 0"),
+    ({"flag": {"label": "mel", "threshold": 0.3, "class_frequencies": {"akiec": 0.5, "mel": 0, "nv": 0.5}}},
+     "give the flagged class 'mel' no share"),
     ({"format": "something-else"}, "not a skinedge model.json"),
 ])
 def test_model_json_malformed_sections(bundle_copy, colour_files, changes, fragment):

@@ -11,6 +11,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from skinedge.device import bundle as bundle_mod
@@ -220,6 +221,28 @@ def test_flag_rule_applies():
     rule = FlagRule("mel", 0.3)
     assert rule.applies({"mel": 0.3}) and rule.applies({"mel": 0.9})
     assert not rule.applies({"mel": 0.29}) and not rule.applies({"nv": 1.0})
+    assert rule.describe() == "flag when P(mel) >= threshold"
+
+
+def test_flag_rule_at_class_frequencies():
+    """Bayes' rule to new priors: P(mel) 0.5 against an even nv becomes 0.1 / (0.1 + 0.9) where nevi are 9x as
+    common; frequencies that are all equal change nothing."""
+    rule = FlagRule("mel", 0.3, (("mel", 0.1), ("nv", 0.9)))
+    assert rule.scores(np.array([0.5, 0.5]), ["mel", "nv"]) == pytest.approx(0.1)
+    assert rule.scores(np.array([0.5, 0.5]), ["nv", "mel"]) == pytest.approx(0.1)  # read by name, not position
+    assert not rule.applies({"mel": 0.5, "nv": 0.5}) and rule.applies({"mel": 0.8, "nv": 0.2})  # .8*.1/(.08+.18)
+    even = FlagRule("mel", 0.3, (("akiec", 1 / 3), ("mel", 1 / 3), ("nv", 1 / 3)))
+    p = np.random.default_rng(0).dirichlet(np.ones(3), size=20)
+    assert even.scores(p, LABELS) == pytest.approx(p[:, 1])
+    assert "at the training data's class frequencies" in rule.describe()
+
+
+def test_flag_class_frequencies_load_from_the_bundle(bundle_copy):
+    meta_path = bundle_copy / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["flag"] = {"label": "mel", "threshold": 0.3, "class_frequencies": {"akiec": 0.1, "mel": 0.2, "nv": 0.7}}
+    meta_path.write_text(json.dumps(meta))
+    assert load_model_source(bundle_copy).flag == FlagRule("mel", 0.3, (("akiec", 0.1), ("mel", 0.2), ("nv", 0.7)))
 
 
 # -- write_bundle ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from skinedge.convert.metrics import classification_metrics
+from skinedge.device.bundle import FlagRule
 from skinedge.device.constants import NOT_A_DIAGNOSIS
 from skinedge.train import report as R
 
@@ -46,7 +47,7 @@ def _inputs(variants=("float", "qat", "ptq_int8", "int8"), n: int = 120, extras:
         probs[name] = p
     reference = probs["float"].argmax(1) if "float" in probs else None
     for name, p in probs.items():
-        m = classification_metrics(y, p, CLASSES, flag_threshold=THRESHOLD, reference_pred=reference)
+        m = classification_metrics(y, p, CLASSES, flag=FlagRule("mel", THRESHOLD), reference_pred=reference)
         metrics[name] = {"description": f"{name} model <synthetic>", "size_bytes": 9_000_000 if "int8" not in name
                          else 2_500_000, "latency_ms": 3.5, **m, "ece": R.reliability(y, p)[3]}
     if not extras:
@@ -62,7 +63,7 @@ def _inputs(variants=("float", "qat", "ptq_int8", "int8"), n: int = 120, extras:
     return R.ReportInputs(where="the run's test split (synthetic)", classes=CLASSES, y=y, probs=probs,
                           metrics=metrics, dataset="/data/isic <9>", images=images,
                           paths=[f"/data/isic <9>/{CLASSES[c]}/ISIC_{i:07d}.jpg" for i, c in enumerate(y)],
-                          flag_threshold=THRESHOLD, histories=histories, class_counts=counts)
+                          flag=FlagRule("mel", THRESHOLD), histories=histories, class_counts=counts)
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,24 @@ def test_logits_model_gives_probabilities(fixtures_dir, float_clf, colour_frames
         np.testing.assert_allclose(clf.last_probabilities, float_clf.last_probabilities, atol=1e-4)
 
 
+def test_flag_at_class_frequencies_reads_p_melanoma_after_bayes_rule(bundle_copy, colour_frames):
+    """A bundle whose flag reads P(mel) at class frequencies where melanoma is rare: the score is the model's
+    P(mel) moved to those frequencies, the flag follows the score, and the top classes stay the raw output's."""
+    shares = {"akiec": 0.2, "mel": 0.001, "nv": 0.799}
+    meta = json.loads((bundle_copy / "model.json").read_text())
+    meta["flag"] = {"label": "mel", "threshold": 0.3, "class_frequencies": shares}
+    (bundle_copy / "model.json").write_text(json.dumps(meta))
+    clf = ImageClassifier(bundle_copy)
+    # mostly melanoma's colour, some nevus: P(mel) high, P(akiec) not quite 0 (pure colours give exact int8 zeros)
+    frame = (0.6 * colour_frames["mel"] + 0.4 * colour_frames["nv"]).astype(np.uint8)
+    top = clf.classify(frame)
+    p = clf.last_probabilities
+    weighted = p * np.array([shares[c] for c in clf.labels])
+    assert clf.flag_score(p) == pytest.approx(weighted[1] / weighted.sum())
+    assert top[0].label == "mel" and p[1] >= 0.3  # the raw rule would flag this frame
+    assert clf.flag_score(p) < 0.3 and clf.flagged(p) is False
+
+
 def test_two_inputs_refused(fixtures_dir):
     with pytest.raises(BundleError, match="one image input, found 2 inputs") as info:
         ImageClassifier(fixtures_dir / "two_inputs.tflite")
@@ -218,12 +236,13 @@ def test_cli_json_output(bundle_dir, colour_files):
     records = json_lines(result)
     assert len(records) == 3
     for record, (label, path) in zip(records, colour_files.items()):
-        assert set(record) == {"path", "label", "score", "top", "latency_ms", "flag"}
+        assert set(record) == {"path", "label", "score", "top", "latency_ms", "flag", "flag_score"}
         assert record["path"] == str(path)
         assert record["label"] == label and 0.9 < record["score"] <= 1.0
         assert len(record["top"]) == 2 and record["top"][0] == {"label": label, "score": record["score"]}
         assert record["latency_ms"] > 0
-        assert record["flag"] is (label == "mel")
+        assert record["flag"] is (label == "mel") is (record["flag_score"] >= 0.3)  # the tiny bundle: P(mel) >= 0.3
+        assert record["flag_score"] == pytest.approx(record["score"] if label == "mel" else 0, abs=0.1)
     assert "not a medical device" not in result.stdout
 
 

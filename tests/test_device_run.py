@@ -35,8 +35,8 @@ from skinedge.device.sources import FolderSource, SourceError, parse_source
 from conftest import TEST_COLOURS
 
 FAKES = Path(__file__).resolve().parent / "fakes"
-FRAME_KEYS = {"time", "frame", "source", "input", "model_sha256", "label", "score", "top", "flag", "latency_ms",
-              "image"}
+FRAME_KEYS = {"time", "frame", "source", "input", "model_sha256", "label", "score", "top", "flag", "flag_score",
+              "latency_ms", "image"}
 ERROR_KEYS = {"time", "frame", "source", "path", "error"}
 LATENCY_KEYS = {"capture_ms", "preprocess_ms", "invoke_ms", "postprocess_ms", "total_ms"}
 

@@ -47,6 +47,7 @@ def mobilenet_bundle(mobilenet_run: Path) -> Path:
     bundle = mobilenet_run.parent / "bundle"
     out = _cli("convert", str(mobilenet_run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
     assert "int8 agreement with QAT Keras" in out
+    assert "melanoma flag: P at the training class frequencies >= " in out  # the smoke run is class-weighted
     return bundle
 
 
@@ -88,6 +89,13 @@ def test_bundle_is_full_integer_and_self_describing(mobilenet_bundle: Path, mobi
     assert meta["verification"]["top1_agreement_vs_qat_keras"] >= float(SMOKE_MIN_AGREEMENT)
     assert "not a diagnosis" in meta["disclaimer"] and meta["intended_use"]
     assert meta["flag"]["label"] == "melanoma" and 0 < meta["flag"]["threshold"] <= 1
+    # the run was trained class-weighted: the flag reads P(melanoma) at the training split's class frequencies
+    with open(mobilenet_run / "split.csv", newline="") as fh:
+        train = [r["label"] for r in csv.DictReader(fh) if r["split"] == "train"]
+    assert meta["flag"]["prior"] == "train"
+    assert meta["flag"]["class_frequencies"] == {c: pytest.approx(train.count(c) / len(train), abs=1e-6)
+                                                 for c in labels}
+    assert meta["validation"]["melanoma"]["flag"]["sensitivity"] >= 0.9  # what the threshold was chosen for
     clf = ImageClassifier(mobilenet_bundle)
     types = {np.dtype(t["dtype"]).name for t in clf.interpreter.get_tensor_details()}
     assert types <= {"int8", "uint8", "int32"}, types
@@ -102,6 +110,23 @@ def test_convert_writes_golden_and_device_selftest_passes(mobilenet_bundle: Path
     assert 0 < meta["verification"]["top1_agreement_xnnpack_vs_reference_kernels"] <= 1
     out = _cli("device", "selftest", str(mobilenet_bundle), "--json")
     assert json.loads(next(line for line in out.splitlines() if line.startswith("{")))["status"] == "PASS", out
+
+
+def test_convert_flag_prior_none_keeps_the_raw_p_melanoma(mobilenet_run: Path, mobilenet_bundle: Path,
+                                                          tmp_path: Path):
+    from skinedge.device.classifier import ImageClassifier
+
+    _cli("convert", str(mobilenet_run), "--out", str(tmp_path / "raw"), "--min-agreement", SMOKE_MIN_AGREEMENT,
+         "--flag-prior", "none")
+    flag = json.loads((tmp_path / "raw" / "model.json").read_text())["flag"]
+    assert flag["prior"] == "none" and "class_frequencies" not in flag
+    assert flag["rule"] == "flag when P(melanoma) >= threshold"
+    # the same int8 model; only the flag's score differs, and the device reads each bundle's own
+    raw, weighted = ImageClassifier(tmp_path / "raw"), ImageClassifier(mobilenet_bundle)
+    p = np.full(len(raw.labels), 1 / len(raw.labels))
+    assert raw.flag_score(p) == pytest.approx(p[raw.labels.index("melanoma")])
+    assert weighted.flag_score(p) == pytest.approx(weighted.flag_rule.scores(p, weighted.labels))
+    assert weighted.flag_score(p) != pytest.approx(raw.flag_score(p))
 
 
 def test_convert_refuses_a_run_without_qat(tmp_path: Path):

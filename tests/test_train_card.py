@@ -163,3 +163,26 @@ def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_pat
     assert f"targets 0.75 float model + 0.25 labels, from the float model of {source}" in card
     assert "settling 2 epochs on unmixed images (lr/100), QAT" in card
     assert "| training time | 102 min: 72 min for the float model, 30 min for QAT on it |" in card
+
+
+@pytest.mark.parametrize("flag, words, option", [
+    ({"prior": "train", "class_frequencies": {"mel": 0.36, "nv": 0.64}},
+     "P(mel) at the training split's class frequencies (mel 36.0 %, nv 64.0 %", ""),
+    ({"prior": "none"}, "P(mel) >= 0.2", " --flag-prior none"),
+    ({}, "P(mel) >= 0.2", " --flag-prior none"),  # a bundle from before the option: it read the raw P too
+])
+def test_card_words_the_flag_and_its_convert_option(tmp_path, flag, words, option):
+    bundle, report, run = _setup(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["flag"].update(flag)
+    (bundle / "model.json").write_text(json.dumps(meta))
+    if "class_frequencies" in flag:  # compare scores the flag's own score too
+        metrics = json.loads((report / "metrics.json").read_text())
+        metrics["variants"]["int8"]["melanoma"]["flag"]["roc_auc"] = 0.81
+        (report / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    assert f"`flag` is true when {words}" in card
+    assert ("ROC-AUC of the flag's score" in card) is ("class_frequencies" in flag)
+    assert f"skinedge convert {run} --out {bundle} --flag-sensitivity 0.95{option}\n" in card

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from conftest import shared_path
 
+from skinedge.device.bundle import FlagRule
+
 
 def test_metrics_match_hand_computed_values():
     from skinedge.convert.metrics import classification_metrics, threshold_for_sensitivity
@@ -21,7 +23,7 @@ def test_metrics_match_hand_computed_values():
     classes = ["mel", "nv"]
     y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
     probs = np.array([[.9, .1], [.6, .4], [.3, .7], [.2, .8], [.1, .9], [.7, .3], [.4, .6], [.2, .8]])
-    m = classification_metrics(y, probs, classes, flag_threshold=0.3, reference_pred=np.zeros(8, int))
+    m = classification_metrics(y, probs, classes, flag=FlagRule("mel", 0.3), reference_pred=np.zeros(8, int))
     assert m["accuracy"] == pytest.approx(6 / 8)  # predictions 0,0,1,1,1,0,1,1
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 4 / 5) / 2)
     assert m["melanoma"]["sensitivity"] == pytest.approx(2 / 3)
@@ -31,6 +33,40 @@ def test_metrics_match_hand_computed_values():
     assert m["confusion_matrix"] == [[2, 1], [1, 4]]
     t = threshold_for_sensitivity(y == 0, probs[:, 0], 0.9)
     assert t == pytest.approx(0.3) and (probs[y == 0, 0] >= t).mean() >= 0.9
+
+
+def test_flag_at_class_frequencies_matches_hand_computed_values():
+    """P(mel) moved to class frequencies mel 0.2 / nv 0.8 by Bayes' rule: p_mel * 0.2 / (p_mel * 0.2 + p_nv * 0.8)."""
+    from skinedge.convert.metrics import classification_metrics
+
+    classes = ["mel", "nv"]
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    probs = np.array([[.9, .1], [.6, .4], [.3, .7], [.2, .8], [.1, .9], [.7, .3], [.4, .6], [.2, .8]])
+    rule = FlagRule("mel", 0.25, (("mel", 0.2), ("nv", 0.8)))
+    expected = probs[:, 0] * 0.2 / (probs[:, 0] * 0.2 + probs[:, 1] * 0.8)
+    assert rule.scores(probs, classes) == pytest.approx(expected)
+    assert rule.scores(probs[1], classes) == pytest.approx(0.12 / 0.44)  # one vector as well as a batch
+    # scores: mel .692 .273 .097; nv .059 .027 .368 .143 .059
+    f = classification_metrics(y, probs, classes, flag=rule)["melanoma"]["flag"]
+    assert f["sensitivity"] == pytest.approx(2 / 3) and f["specificity"] == pytest.approx(4 / 5)
+    assert f["roc_auc"] == pytest.approx(12 / 15)  # positive-negative pairs ranked right: 5 + 4 + 3
+    # the raw rule at the same threshold flags by P(mel) itself: every melanoma, and 2 of 5 nevi
+    raw = classification_metrics(y, probs, classes, flag=FlagRule("mel", 0.25))["melanoma"]["flag"]
+    assert raw["sensitivity"] == pytest.approx(1.0) and raw["specificity"] == pytest.approx(3 / 5)
+    assert "roc_auc" not in raw
+
+
+@pytest.mark.parametrize("balance, prior, counts, expected", [
+    ("weights", "train", {"mel": 1, "nv": 3}, {"mel": 0.25, "nv": 0.75}),
+    ("oversample", "train", {"mel": 1, "nv": 3}, {"mel": 0.25, "nv": 0.75}),
+    ("none", "train", {"mel": 1, "nv": 3}, None),  # trained at the data's frequencies: its outputs carry them
+    ("weights", "none", {"mel": 1, "nv": 3}, None),
+    ("weights", "train", {"nv": 3}, None),  # no training melanoma: no share to read P(mel) at
+])
+def test_flag_frequencies(balance, prior, counts, expected):
+    from skinedge.convert.export import flag_frequencies
+
+    assert flag_frequencies(["mel", "nv"], counts, balance, "mel", prior) == expected
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -102,6 +102,8 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str, prior: Se
     chosen = str(flag.get("chosen_for", ""))
     if chosen.startswith("sensitivity >= ") and not chosen.startswith("sensitivity >= 0.9 "):
         convert += f" --flag-sensitivity {chosen.split()[2]}"
+    if flag and flag.get("prior", "none") == "none":  # bundles from before --flag-prior read the raw P as well
+        convert += " --flag-prior none"
     return [*prior, train, convert,
             f"skinedge compare --run {run} --bundle {bundle} --out {report}",
             f"skinedge card {bundle} --report {report} --run {run}"]
@@ -218,11 +220,13 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
         mel = (variants.get("int8") or {}).get("melanoma") or {}
         val = (meta.get("validation", {}).get("melanoma") or {}).get("flag") or {}
         parts += ["## Melanoma flag (operating point)",
-                  f"`flag` is true when P({flag['label']}) >= {flag['threshold']} (chosen for "
-                  f"{flag.get('chosen_for')}). On validation: sensitivity {_pct(val.get('sensitivity'))}, "
+                  f"`flag` is true when P({flag['label']}){_at_frequencies(flag)} >= {flag['threshold']} (chosen "
+                  f"for {flag.get('chosen_for')}). On validation: sensitivity {_pct(val.get('sensitivity'))}, "
                   f"specificity {_pct(val.get('specificity'))}. On the test split (int8): sensitivity "
                   f"{_pct((mel.get('flag') or {}).get('sensitivity'))}, specificity "
-                  f"{_pct((mel.get('flag') or {}).get('specificity'))}."]
+                  f"{_pct((mel.get('flag') or {}).get('specificity'))}"
+                  + (f"; ROC-AUC of the flag's score {_fmt(mel['flag']['roc_auc'])}, of the raw P({flag['label']}) "
+                     f"{_fmt(mel.get('roc_auc'))}" if (mel.get("flag") or {}).get("roc_auc") else "") + "."]
     ver = meta.get("verification", {})
     parts += ["## Conversion check",
               f"int8 TFLite against the QAT Keras model on {ver.get('images')} validation images: top-1 agreement "
@@ -230,6 +234,17 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
               f"the reference kernels {_pct(ver.get('top1_agreement_xnnpack_vs_reference_kernels'))}."]
     parts += ["## Limitations", "\n".join(f"- {text}" for text in LIMITATIONS)]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _at_frequencies(flag: dict[str, Any]) -> str:
+    """How the card words a flag read at class frequencies (FlagRule.class_frequencies), or "" for the raw P."""
+    shares = flag.get("class_frequencies")
+    if not shares:
+        return ""
+    given = ", ".join(f"{c} {_pct(v)}" for c, v in shares.items())
+    return (f" at the training split's class frequencies ({given}; the model was trained class-balanced, so its "
+            "raw outputs answer as if every class were equally common, and the flag asks how likely melanoma is "
+            "among lesions as they occur)")
 
 
 def _train_time(seconds: Optional[float], float_seconds: Optional[float]) -> str:

@@ -160,11 +160,11 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     if clf is not None:
         variants.append(_tflite_variant("int8", f"int8 TFLite bundle {bundle}", clf, x))
 
-    threshold = clf.flag_rule.threshold if clf is not None and clf.flag_rule else None
+    flag = clf.flag_rule if clf is not None else None
     reference = variants[0].probs.argmax(1) if variants and variants[0].name == "float" else None
     metrics: dict[str, Any] = {}
     for v in variants:
-        m = classification_metrics(y, v.probs, classes, flag_threshold=threshold, reference_pred=reference)
+        m = classification_metrics(y, v.probs, classes, flag=flag, reference_pred=reference)
         ece = R.reliability(y, v.probs)[3]
         metrics[v.name] = {"description": v.description, "size_bytes": v.size_bytes,
                            "latency_ms": round(v.latency_ms, 3), **m, "ece": round(ece, 6)}
@@ -177,7 +177,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         counts = {"evaluated": {c: int(np.sum(y == i)) for i, c in enumerate(classes)}}
     inputs = R.ReportInputs(where=where, classes=classes, y=y, probs={v.name: v.probs for v in variants},
                             metrics=metrics, dataset=str(source), images=x, paths=[s.path for s in kept],
-                            flag_threshold=threshold, histories=histories,
+                            flag=flag, histories=histories,
                             class_counts=counts)
 
     if out.exists():
@@ -189,6 +189,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     with staged_dir(out) as tmp_dir:
         R.write_report(tmp_dir, inputs)
         record = {"images": where, "data": str(source), "n": int(len(y)), "classes": list(classes),
-                  "flag_threshold": threshold, "summary": R.summary(metrics), "variants": metrics}
+                  "flag_threshold": flag.threshold if flag else None,
+                  "flag_rule": flag.describe() if flag else None, "summary": R.summary(metrics), "variants": metrics}
         (tmp_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return {"table": table, "metrics": metrics, "where": where}

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from skinedge.device.atomic import replaced_file  # noqa: E402
+from skinedge.device.bundle import FlagRule  # noqa: E402
 
 # variant -> colour, the same in every figure of a report
 VARIANT_COLOURS = {"float": "#1f77b4", "qat": "#2ca02c", "int8": "#d62728", "ptq_int8": "#ff7f0e"}
@@ -91,9 +92,10 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], titl
 
 
 def plot_roc(y: np.ndarray, probs: Mapping[str, np.ndarray], classes: Sequence[str], path: Path,
-             highlight: Optional[int] = None, threshold: Optional[float] = None) -> Path:
+             highlight: Optional[int] = None, flag: Optional[FlagRule] = None) -> Path:
     """One-vs-rest ROC curves, one panel per variant side by side, one legend below; class `highlight` (melanoma)
-    drawn thick, with the operating point of `threshold` on its score marked and given in the panel's title."""
+    drawn thick, as the curve of the score `flag` thresholds (P(melanoma), at its class frequencies if it has
+    them) with the rule's operating point marked and given in the panel's title."""
     fig, axes = plt.subplots(1, len(probs), figsize=(5.2 * len(probs), 5.4), squeeze=False)
     handles: dict[str, Any] = {}
     for ax, (variant, p) in zip(axes[0], probs.items()):
@@ -102,14 +104,18 @@ def plot_roc(y: np.ndarray, probs: Mapping[str, np.ndarray], classes: Sequence[s
             positive = y == i
             if not positive.any() or positive.all():
                 continue
-            fpr, tpr, _ = roc_curve(positive, p[:, i])
+            rule = flag if flag is not None and i == highlight and flag.label == c else None
+            score = rule.scores(p, classes) if rule else p[:, i]
+            fpr, tpr, _ = roc_curve(positive, score)
             if i == highlight:
                 label = c if c.lower() == "melanoma" else f"{c} (melanoma)"
+                if rule and rule.class_frequencies:
+                    label += ", P at training class frequencies"
                 handles[label] = ax.plot(fpr, tpr, color=MELANOMA_COLOUR, lw=3, zorder=3)[0]
-                if threshold is not None:
-                    flagged = p[:, i] >= threshold
+                if rule:
+                    flagged = score >= rule.threshold
                     x_op, y_op = flagged[~positive].mean(), flagged[positive].mean()
-                    handles[f"flag threshold P \u2265 {threshold:.3f}"] = ax.plot(
+                    handles[f"flag threshold P \u2265 {rule.threshold:.3f}"] = ax.plot(
                         [x_op], [y_op], "o", ms=10, mfc="white", mec="black", mew=2, zorder=4)[0]
                     title += f"\nflag: sensitivity {y_op:.2f}, specificity {1 - x_op:.2f}"
             else:

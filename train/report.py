@@ -1,7 +1,8 @@
 """The comparison report people read: report.html (one self-contained file), report.md and the PNGs behind both.
 
     inputs = ReportInputs(where="…test split (43 images)", classes=classes, y=y, metrics=metrics,
-                          probs={"float": p_float, "int8": p_int8}, images=x_uint8, paths=paths, flag_threshold=0.2)
+                          probs={"float": p_float, "int8": p_int8}, images=x_uint8, paths=paths,
+                          flag=FlagRule("mel", 0.2))
     write_report(Path("reports/ham"), inputs)     # PNGs, report.html, report.md
 
 Pure over already computed results (labels, probabilities per variant, metrics as in metrics.json, preprocessed
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from skinedge.convert.metrics import melanoma_index
+from skinedge.device.bundle import FlagRule
 from skinedge.device.constants import NOT_A_DIAGNOSIS
 
 from . import plots
@@ -43,7 +45,7 @@ class ReportInputs:
     dataset: str = ""  # data folder
     images: Optional[np.ndarray] = None  # N x H x W x 3 uint8, the preprocessed model inputs (thumbnails)
     paths: Sequence[str] = ()  # N image files
-    flag_threshold: Optional[float] = None  # the bundle's melanoma flag threshold
+    flag: Optional[FlagRule] = None  # the bundle's melanoma flag rule
     histories: Mapping[str, Mapping[str, Sequence[float]]] = field(default_factory=dict)  # phase -> column -> values
     class_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # split -> class -> images
 
@@ -127,6 +129,10 @@ def _flag_rows(metrics: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str,
     return rows
 
 
+def _flag_words(flag: Optional[FlagRule]) -> str:
+    return flag.describe().removeprefix("flag when ") if flag else "P(melanoma) >= the bundle's threshold"
+
+
 def _write_figures(out: Path, inp: ReportInputs) -> dict[str, list[tuple[str, str]]]:
     """Section -> [(PNG file name, alt text)], written to `out`."""
     names = list(inp.probs)
@@ -139,7 +145,7 @@ def _write_figures(out: Path, inp: ReportInputs) -> dict[str, list[tuple[str, st
     figs["confusion"] = [(f"confusion_{n}.png", f"normalised confusion matrix, {n}") for n in pair + [
         n for n in names if n not in pair]]
     mel = melanoma_index(inp.classes)
-    plots.plot_roc(inp.y, {n: inp.probs[n] for n in pair}, inp.classes, out / "roc.png", mel, inp.flag_threshold)
+    plots.plot_roc(inp.y, {n: inp.probs[n] for n in pair}, inp.classes, out / "roc.png", mel, inp.flag)
     figs["roc"] = [("roc.png", "one-vs-rest ROC curves")]
     support = [int(np.sum(inp.y == i)) for i in range(len(inp.classes))]
     recalls = {n: [inp.metrics[n]["per_class"][c]["recall"] if support[i] else None for i, c in enumerate(inp.classes)]
@@ -255,7 +261,7 @@ def render_html(inp: ReportInputs, out: Path, figs: Mapping[str, Sequence[tuple[
                    + "".join(f"<td>{c}</td>" for c in _cells(m)) + "</tr>" for n, m in inp.metrics.items())
     desc = "".join(f"<li><b>{e(n)}</b>: {e(str(m.get('description', '')))}</li>" for n, m in inp.metrics.items())
     flags = _flag_rows(inp.metrics)
-    flag_html = ("<p>Melanoma flag (P(melanoma) ≥ the bundle's threshold, chosen on validation images):</p><table>"
+    flag_html = (f"<p>Melanoma flag ({e(_flag_words(inp.flag))}, the threshold chosen on validation images):</p><table>"
                  "<thead><tr><th>variant</th><th>threshold</th><th>sensitivity</th><th>specificity</th></tr></thead>"
                  + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in flags) + "</table>"
                  ) if flags else ""
@@ -321,7 +327,8 @@ def render_markdown(inp: ReportInputs, figs: Mapping[str, Sequence[tuple[str, st
         lines.append(f"| {c.replace('|', '&#124;')} | {pc[names[0]]['support']} | {recalls} |")
     flags = _flag_rows(inp.metrics)
     if flags:
-        lines += ["", "## Melanoma flag", "", "| variant | threshold | sensitivity | specificity |",
+        lines += ["", "## Melanoma flag", "", f"Rule: {_flag_words(inp.flag)}, the threshold chosen on validation "
+                  "images.", "", "| variant | threshold | sensitivity | specificity |",
                   "|---|---|---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in flags]
     titles = {"confusion": "Confusion matrices", "roc": "ROC curves", "recall": "Per-class recall (chart)",
