@@ -2,6 +2,7 @@
 
     m = classification_metrics(y_true, probs, classes)      # accuracy, balanced accuracy, macro F1, AUC, ...
     t = threshold_for_sensitivity(y_true == mel, probs[:, mel], 0.9)
+    lo, hi = proportion_ci(122, 136)                          # 95 % Wilson interval of a sensitivity of 122/136
     m = classification_metrics(y_true, probs, classes, flag=FlagRule("mel", t))  # + the flag's sensitivity ...
 """
 
@@ -34,6 +35,15 @@ def binary_rates(positive: np.ndarray, predicted: np.ndarray) -> tuple[Optional[
     sens = predicted[positive].mean() if positive.any() else None
     spec = (~predicted[~positive]).mean() if (~positive).any() else None
     return _clean(sens), _clean(spec)
+
+
+def proportion_ci(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (a sensitivity or specificity): how far the rate measured on `trials`
+    images may lie from the rate on new images. Wilson, because it stays inside [0, 1] and holds near 0 and 1."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, sensitivity: float) -> float:

@@ -186,3 +186,29 @@ def test_card_words_the_flag_and_its_convert_option(tmp_path, flag, words, optio
     assert f"`flag` is true when {words}" in card
     assert ("ROC-AUC of the flag's score" in card) is ("class_frequencies" in flag)
     assert f"skinedge convert {run} --out {bundle} --flag-sensitivity 0.95{option}\n" in card
+
+
+def _wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def test_card_gives_the_flag_rates_with_their_confidence_intervals(tmp_path):
+    """The operating point with 95 % Wilson intervals from the images behind each rate: validation from the
+    bundle's split counts, test from the report's class support."""
+    bundle, report, run = _setup(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["data"]["split_counts"]["val"] = {"mel": 10, "nv": 20}  # sensitivity 0.9 = 9/10, specificity 0.8 = 16/20
+    (bundle / "model.json").write_text(json.dumps(meta))
+    metrics = json.loads((report / "metrics.json").read_text())
+    int8 = metrics["variants"]["int8"]
+    int8["n"], int8["per_class"]["mel"]["support"] = 24, 8  # test sensitivity 0.875 = 7/8, specificity 13/16
+    int8["melanoma"]["flag"]["specificity"] = 0.8125
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    for rate, k, n in ((0.9, 9, 10), (0.8, 16, 20), (0.875, 7, 8), (0.8125, 13, 16)):
+        lo, hi = _wilson(k, n)
+        assert f"{100 * rate:.1f} % (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %, {n} images)" in card

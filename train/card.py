@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from skinedge.convert.metrics import proportion_ci
 from skinedge.convert.rundir import read_histories
 from skinedge.device.atomic import replaced_file
 from skinedge.device.bundle import META_FILE
@@ -217,14 +218,21 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                   _table(["class", "float precision", "float recall", "int8 precision", "int8 recall", "test images"],
                          rows)]
     if flag:
-        mel = (variants.get("int8") or {}).get("melanoma") or {}
+        int8 = variants.get("int8") or {}
+        mel = int8.get("melanoma") or {}
         val = (meta.get("validation", {}).get("melanoma") or {}).get("flag") or {}
+        val_counts = meta.get("data", {}).get("split_counts", {}).get("val", {})
+        val_pos, val_n = val_counts.get(flag["label"]), sum(val_counts.values())
+        test_pos, test_n = int8.get("per_class", {}).get(flag["label"], {}).get("support"), int8.get("n")
+        test_neg = test_n - test_pos if test_pos is not None and test_n else None
+        test_flag = mel.get("flag") or {}
         parts += ["## Melanoma flag (operating point)",
                   f"`flag` is true when P({flag['label']}){_at_frequencies(flag)} >= {flag['threshold']} (chosen "
-                  f"for {flag.get('chosen_for')}). On validation: sensitivity {_pct(val.get('sensitivity'))}, "
-                  f"specificity {_pct(val.get('specificity'))}. On the test split (int8): sensitivity "
-                  f"{_pct((mel.get('flag') or {}).get('sensitivity'))}, specificity "
-                  f"{_pct((mel.get('flag') or {}).get('specificity'))}"
+                  f"for {flag.get('chosen_for')}). On validation: sensitivity "
+                  f"{_rate(val.get('sensitivity'), val_pos)}, specificity "
+                  f"{_rate(val.get('specificity'), val_n - val_pos if val_pos is not None else None)}. "
+                  f"On the test split (int8): sensitivity {_rate(test_flag.get('sensitivity'), test_pos)}, "
+                  f"specificity {_rate(test_flag.get('specificity'), test_neg)}"
                   + (f"; ROC-AUC of the flag's score {_fmt(mel['flag']['roc_auc'])}, of the raw P({flag['label']}) "
                      f"{_fmt(mel.get('roc_auc'))}" if (mel.get("flag") or {}).get("roc_auc") else "") + "."]
     ver = meta.get("verification", {})
@@ -234,6 +242,14 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
               f"the reference kernels {_pct(ver.get('top1_agreement_xnnpack_vs_reference_kernels'))}."]
     parts += ["## Limitations", "\n".join(f"- {text}" for text in LIMITATIONS)]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _rate(rate: Optional[float], images: Optional[int]) -> str:
+    """A sensitivity or specificity with its 95 % Wilson interval when the number of images behind it is known."""
+    if rate is None or not images:
+        return _pct(rate)
+    lo, hi = proportion_ci(round(rate * images), images)
+    return f"{_pct(rate)} (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %, {images} images)"
 
 
 def _at_frequencies(flag: dict[str, Any]) -> str:
