@@ -3,13 +3,15 @@
     m = classification_metrics(y_true, probs, classes)      # accuracy, balanced accuracy, macro F1, AUC, ...
     t = threshold_for_sensitivity(y_true == mel, probs[:, mel], 0.9)
     lo, hi = proportion_ci(122, 136)                          # 95 % Wilson interval of a sensitivity of 122/136
+    ci = bootstrap_balanced_accuracy(y_true, {"int8": p8.argmax(1), "float": pf.argmax(1)}, lesion_ids,
+                                     pairs=[("int8", "float")])  # intervals by resampling lesions
     m = classification_metrics(y_true, probs, classes, flag=FlagRule("mel", t))  # + the flag's sensitivity ...
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from sklearn import metrics as skm
@@ -44,6 +46,37 @@ def proportion_ci(successes: int, trials: int, confidence: float = 0.95) -> tupl
 
     ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def bootstrap_balanced_accuracy(
+    y_true: np.ndarray, preds: Mapping[str, np.ndarray], groups: Sequence[str],
+    pairs: Sequence[tuple[str, str]] = (), resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> dict[str, Any]:
+    """Confidence intervals of each model's balanced accuracy and of differences between models (`pairs`: (a, b)
+    for a minus b), from `resamples` bootstrap draws of the groups (lesions) with replacement. A lesion's images
+    are not independent evidence, so they are drawn together; every model is scored on the same draws, so the
+    differences are paired. Percentile intervals; a class absent from a draw is left out of its mean."""
+    y = np.asarray(y_true)
+    _, group_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    n_groups, n_classes = int(group_of.max()) + 1 if len(y) else 0, int(y.max()) + 1 if len(y) else 0
+    rng = np.random.default_rng(seed)
+    scores = {name: np.empty(resamples) for name in preds}
+    correct = {name: (np.asarray(p) == y).astype(np.float64) for name, p in preds.items()}
+    for b in range(resamples):
+        weights = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[group_of].astype(np.float64)
+        support = np.bincount(y, weights=weights, minlength=n_classes)
+        present = support > 0
+        for name, hits in correct.items():
+            recall = np.bincount(y, weights=weights * hits, minlength=n_classes)[present] / support[present]
+            scores[name][b] = recall.mean()
+    tail = 100 * (1 - confidence) / 2
+
+    def interval(values: np.ndarray) -> list[Optional[float]]:
+        return [_clean(np.percentile(values, tail)), _clean(np.percentile(values, 100 - tail))]
+
+    return {"resamples": resamples, "confidence": confidence, "unit": "lesion",
+            "balanced_accuracy": {name: interval(v) for name, v in scores.items()},
+            "differences": {f"{a} - {b}": interval(scores[a] - scores[b]) for a, b in pairs}}
 
 
 def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, sensitivity: float) -> float:

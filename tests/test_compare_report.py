@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageStat
 
-from skinedge.convert.metrics import classification_metrics
+from skinedge.convert.metrics import bootstrap_balanced_accuracy, classification_metrics
 from skinedge.device.bundle import FlagRule
 from skinedge.device.constants import NOT_A_DIAGNOSIS
 from skinedge.train import report as R
@@ -50,6 +50,10 @@ def _inputs(variants=("float", "qat", "ptq_int8", "int8"), n: int = 120, extras:
         m = classification_metrics(y, p, CLASSES, flag=FlagRule("mel", THRESHOLD), reference_pred=reference)
         metrics[name] = {"description": f"{name} model <synthetic>", "size_bytes": 9_000_000 if "int8" not in name
                          else 2_500_000, "latency_ms": 3.5, **m, "ece": R.reliability(y, p)[3]}
+    boot = bootstrap_balanced_accuracy(y, {name: p.argmax(1) for name, p in probs.items()},
+                                       [f"lesion{i}" for i in range(n)], resamples=200)
+    for name, interval in boot["balanced_accuracy"].items():
+        metrics[name]["balanced_accuracy_ci"] = interval
     if not extras:
         return R.ReportInputs(where="synthetic images", classes=CLASSES, y=y, probs=probs, metrics=metrics)
     images = rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)
@@ -122,8 +126,9 @@ def test_report_holds_every_section_the_verdict_and_escapes_names(full_report):
     assert 'class="verdict' in text and html.escape(s["verdict"]) in text
     assert f"<b>{len(inputs.y)}</b> images" in text and "/data/isic &lt;9&gt;" in text
     assert html.escape(NOT_A_DIAGNOSIS) in text
-    for name in inputs.metrics:  # one table row per variant
-        assert f"<td>{name}</td>" in text
+    for name, m in inputs.metrics.items():  # one table row per variant, with the balanced accuracy's interval
+        lo, hi = m["balanced_accuracy_ci"]
+        assert f"<td>{name}</td>" in text and f"<td>{100 * lo:.1f}–{100 * hi:.1f}</td>" in text
     # class names and paths from folder names are text, never markup
     assert "<b>&amp; co</b>" not in text and html.escape(CLASSES[3]) in text and "&lt;synthetic&gt;" in text
     assert "Where float and int8 disagree</h3>" in text and "Most confident mistakes (int8)" in text

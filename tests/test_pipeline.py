@@ -167,6 +167,13 @@ def test_compare_writes_the_report(mobilenet_run: Path, mobilenet_bundle: Path, 
         assert m["melanoma"]["sensitivity"] is not None and m["latency_ms"] > 0
         assert (report / f"confusion_{name}.png").stat().st_size > 1000
     assert metrics["variants"]["float"]["agreement"] == 1.0
+    for name, m in metrics["variants"].items():  # lesion-bootstrap intervals (containment: the unit tests)
+        lo, hi = m["balanced_accuracy_ci"]
+        assert 0 <= lo <= hi <= 1, name
+    boot = metrics["bootstrap"]
+    assert boot["unit"] == "lesion" and boot["resamples"] == 1000
+    assert set(boot["differences"]) == {"qat - float", "ptq_int8 - float", "int8 - float", "int8 - ptq_int8"}
+    assert metrics["flag_rule"] == "flag when P(melanoma) at the training data's class frequencies >= threshold"
     assert metrics["variants"]["int8"]["size_bytes"] < metrics["variants"]["float"]["size_bytes"] / 3
     md = (report / "report.md").read_text()
     assert "| int8 |" in md and "confusion_int8.png" in md and "not a diagnosis" in md

@@ -212,3 +212,29 @@ def test_card_gives_the_flag_rates_with_their_confidence_intervals(tmp_path):
     for rate, k, n in ((0.9, 9, 10), (0.8, 16, 20), (0.875, 7, 8), (0.8125, 13, 16)):
         lo, hi = _wilson(k, n)
         assert f"{100 * rate:.1f} % (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %, {n} images)" in card
+
+
+def test_card_gives_balanced_accuracy_intervals_and_paired_differences(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    metrics = json.loads((report / "metrics.json").read_text())
+    for name, ci in (("float", [0.78, 0.84]), ("int8", [0.775, 0.835]), ("ptq_int8", [0.66, 0.74])):
+        metrics["variants"][name]["balanced_accuracy_ci"] = ci
+    metrics["bootstrap"] = {"resamples": 1000, "confidence": 0.95, "unit": "lesion", "differences": {
+        "int8 - float": [-0.021, 0.011], "ptq_int8 - float": [-0.15, -0.07], "int8 - ptq_int8": [0.062, 0.148]}}
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    assert "| int8 TFLite (shipped) | 80.5 % (77.5–83.5) |" in card
+    assert "the 95 % interval from 1000 bootstrap draws of the test lesions" in card
+    assert "int8 against float: balanced accuracy -0.5 points (95 % CI -2.1 to +1.1)" in card
+    assert "QAT's int8 model against the PTQ baseline: balanced accuracy +10.5 points (95 % CI +6.2 to +14.8)." in card
+
+
+def test_card_without_intervals_reads_as_before(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    assert "| int8 TFLite (shipped) | 80.5 % |" in card and "bootstrap" not in card
+    assert "int8 against float: balanced accuracy -0.5 points, top-1 agreement 99.5 %." in card

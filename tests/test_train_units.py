@@ -442,3 +442,35 @@ def test_settling_runs_after_fine_tuning_at_a_tenth_of_its_rate_and_only_blendin
     cnn = TrainConfig(data="d", out="o", arch="cnn", epochs=5, settle_epochs=1, qat_epochs=0, lr=1e-3)
     assert phase_plan(cnn) == [("finetune", 5, 1e-3), ("settle", 1, 1e-4)]
     assert [p for p, _, _ in phase_plan(TrainConfig(data="d", out="o"))] == ["head", "finetune", "qat"]
+
+
+def test_bootstrap_balanced_accuracy_intervals():
+    from skinedge.convert.metrics import bootstrap_balanced_accuracy
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    good = np.where(rng.random(300) < 0.8, y, (y + 1) % 3)  # right on about 80 % of images
+    worse = np.where(rng.random(300) < 0.6, y, (y + 2) % 3)
+    groups = [f"lesion{i}" for i in range(300)]
+    out = bootstrap_balanced_accuracy(y, {"good": good, "worse": worse, "same": good.copy()}, groups,
+                                      pairs=[("good", "worse"), ("good", "same")], resamples=400)
+    point = np.mean([(good[y == c] == c).mean() for c in range(3)])
+    lo, hi = out["balanced_accuracy"]["good"]
+    assert lo < point < hi and hi - lo < 0.2
+    assert out["differences"]["good - worse"][0] > 0  # 20 points apart on 300 images: clearly better
+    assert out["differences"]["good - same"] == [0.0, 0.0]  # paired: identical predictions never differ
+    assert bootstrap_balanced_accuracy(y, {"good": good}, groups, resamples=400) == \
+        {**out, "balanced_accuracy": {"good": [lo, hi]}, "differences": {}}  # seeded: the same draws again
+
+
+def test_bootstrap_draws_a_lesions_images_together():
+    """60 images of 6 lesions (10 each) carry the evidence of 6 lesions, not of 60 images: the interval widens."""
+    from skinedge.convert.metrics import bootstrap_balanced_accuracy
+
+    y = np.repeat([0, 1, 0, 1, 0, 1], 10)
+    pred = np.repeat([0, 1, 1, 1, 0, 0], 10)  # lesions 3 and 6 wrong
+    per_lesion = [f"l{i // 10}" for i in range(60)]
+    per_image = [f"i{i}" for i in range(60)]
+    wide = bootstrap_balanced_accuracy(y, {"m": pred}, per_lesion, resamples=500)["balanced_accuracy"]["m"]
+    narrow = bootstrap_balanced_accuracy(y, {"m": pred}, per_image, resamples=500)["balanced_accuracy"]["m"]
+    assert wide[1] - wide[0] > 1.5 * (narrow[1] - narrow[0])

@@ -194,18 +194,29 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
     order = [v for v in ("float", "qat", "int8", "ptq_int8") if v in variants]
     parts.append(_table(["variant", "balanced accuracy", "accuracy", "macro F1", "ROC-AUC (macro)",
                          "melanoma flag sens.", "melanoma flag spec.", "top-1 agreement with float", "size"], [
-        [VARIANT_NAMES.get(v, v), _pct(variants[v].get("balanced_accuracy")), _pct(variants[v].get("accuracy")),
+        [VARIANT_NAMES.get(v, v), _pct(variants[v].get("balanced_accuracy")) + _range(
+            variants[v].get("balanced_accuracy_ci")), _pct(variants[v].get("accuracy")),
          f"{variants[v].get('macro_f1', 0):.3f}", _fmt(variants[v].get("roc_auc_macro")),
          _pct(((variants[v].get("melanoma") or {}).get("flag") or {}).get("sensitivity")),
          _pct(((variants[v].get("melanoma") or {}).get("flag") or {}).get("specificity")),
          _pct(variants[v].get("agreement")), f"{variants[v].get('size_bytes', 0) / 1e6:.2f} MB"]
         for v in order]))
+    if any(v.get("balanced_accuracy_ci") for v in variants.values()):
+        boot = metrics.get("bootstrap", {})
+        parts.append(f"Balanced accuracy in brackets: the {100 * boot.get('confidence', 0.95):.0f} % interval from "
+                     f"{boot.get('resamples', 'bootstrap')} bootstrap draws of the test lesions (a lesion's images "
+                     "drawn together).")
+    differences = metrics.get("bootstrap", {}).get("differences", {})
     if "int8" in variants and "float" in variants:
-        def gap(v: str) -> str:
-            drop = 100 * (variants[v]["balanced_accuracy"] - variants["float"]["balanced_accuracy"])
-            return f"balanced accuracy {drop:+.1f} points, top-1 agreement {_pct(variants[v].get('agreement'))}"
+        def gap(v: str, ref: str = "float", agreement: bool = True) -> str:
+            drop = 100 * (variants[v]["balanced_accuracy"] - variants[ref]["balanced_accuracy"])
+            ci = differences.get(f"{v} - {ref}")
+            text = f"balanced accuracy {drop:+.1f} points" + (
+                f" (95 % CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f})" if ci and None not in ci else "")
+            return text + (f", top-1 agreement {_pct(variants[v].get('agreement'))}" if agreement else "")
         parts.append(f"int8 against float: {gap('int8')}."
-                     + (f" PTQ baseline against float: {gap('ptq_int8')}." if "ptq_int8" in variants else ""))
+                     + (f" PTQ baseline against float: {gap('ptq_int8')}. QAT's int8 model against the PTQ "
+                        f"baseline: {gap('int8', 'ptq_int8', agreement=False)}." if "ptq_int8" in variants else ""))
     if "int8" in variants:
         rows = []
         for c in classes:
@@ -242,6 +253,13 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
               f"the reference kernels {_pct(ver.get('top1_agreement_xnnpack_vs_reference_kernels'))}."]
     parts += ["## Limitations", "\n".join(f"- {text}" for text in LIMITATIONS)]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _range(ci: Optional[Sequence[Optional[float]]]) -> str:
+    """ " (67.9–73.4)": an interval of rates in points, or "" when there is none."""
+    if not ci or None in ci:
+        return ""
+    return f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
 
 
 def _rate(rate: Optional[float], images: Optional[int]) -> str:

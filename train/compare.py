@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from skinedge.convert.metrics import classification_metrics
+from skinedge.convert.metrics import bootstrap_balanced_accuracy, classification_metrics
 from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, read_histories
 from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
@@ -168,6 +168,14 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         ece = R.reliability(y, v.probs)[3]
         metrics[v.name] = {"description": v.description, "size_bytes": v.size_bytes,
                            "latency_ms": round(v.latency_ms, 3), **m, "ece": round(ece, 6)}
+    names = [v.name for v in variants]
+    pairs = [(n, "float") for n in names if n != "float" and "float" in names]
+    if {"int8", "ptq_int8"} <= set(names):
+        pairs.append(("int8", "ptq_int8"))  # does QAT earn its place over post-training quantization?
+    boot = bootstrap_balanced_accuracy(y, {v.name: v.probs.argmax(1) for v in variants}, [s.group for s in kept],
+                                       pairs)
+    for name, interval in boot["balanced_accuracy"].items():
+        metrics[name]["balanced_accuracy_ci"] = interval
     table = _table(variants, metrics)
     histories: dict[str, dict[str, list[float]]] = {}
     if run:
@@ -190,6 +198,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         R.write_report(tmp_dir, inputs)
         record = {"images": where, "data": str(source), "n": int(len(y)), "classes": list(classes),
                   "flag_threshold": flag.threshold if flag else None,
-                  "flag_rule": flag.describe() if flag else None, "summary": R.summary(metrics), "variants": metrics}
+                  "flag_rule": flag.describe() if flag else None, "summary": R.summary(metrics), "variants": metrics,
+                  "bootstrap": {k: v for k, v in boot.items() if k != "balanced_accuracy"}}
         (tmp_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return {"table": table, "metrics": metrics, "where": where}

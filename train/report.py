@@ -99,6 +99,7 @@ def summary(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 _COLUMNS = (("accuracy %", lambda m: m["accuracy"], True), ("balanced acc %", lambda m: m["balanced_accuracy"], True),
+            ("95 % interval", lambda m: m.get("balanced_accuracy_ci"), "interval"),
             ("macro F1", lambda m: m["macro_f1"], False), ("ROC-AUC", lambda m: m.get("roc_auc_macro"), False),
             ("mel sens %", lambda m: (m.get("melanoma") or {}).get("sensitivity"), True),
             ("mel spec %", lambda m: (m.get("melanoma") or {}).get("specificity"), True),
@@ -110,6 +111,9 @@ def _cells(m: Mapping[str, Any]) -> list[str]:
     out = []
     for _, get, pct in _COLUMNS:
         v = get(m)
+        if pct == "interval":  # [low, high] of a rate, from compare's lesion bootstrap
+            out.append("–" if not v or None in v else f"{100 * v[0]:.1f}–{100 * v[1]:.1f}")
+            continue
         out.append("–" if v is None else f"{100 * v:.1f}" if pct else f"{v:.3f}" if pct is False else f"{v:.2f}")
     return out
 
