@@ -57,8 +57,12 @@ def bootstrap_balanced_accuracy(
     are not independent evidence, so they are drawn together; every model is scored on the same draws, so the
     differences are paired. Percentile intervals; a class absent from a draw is left out of its mean."""
     y = np.asarray(y_true)
+    if len(y) == 0:
+        return {"resamples": 0, "confidence": confidence, "unit": "lesion",
+                "balanced_accuracy": {name: [None, None] for name in preds},
+                "differences": {f"{a} - {b}": [None, None] for a, b in pairs}}
     _, group_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    n_groups, n_classes = int(group_of.max()) + 1 if len(y) else 0, int(y.max()) + 1 if len(y) else 0
+    n_groups, n_classes = int(group_of.max()) + 1, int(y.max()) + 1
     rng = np.random.default_rng(seed)
     scores = {name: np.empty(resamples) for name in preds}
     correct = {name: (np.asarray(p) == y).astype(np.float64) for name, p in preds.items()}

@@ -463,6 +463,13 @@ def test_bootstrap_balanced_accuracy_intervals():
         {**out, "balanced_accuracy": {"good": [lo, hi]}, "differences": {}}  # seeded: the same draws again
 
 
+def test_bootstrap_of_no_images_has_no_intervals():
+    from skinedge.convert.metrics import bootstrap_balanced_accuracy
+
+    out = bootstrap_balanced_accuracy(np.zeros(0, int), {"m": np.zeros(0, int)}, [], pairs=[("m", "m")])
+    assert out["balanced_accuracy"] == {"m": [None, None]} and out["differences"] == {"m - m": [None, None]}
+
+
 def test_bootstrap_draws_a_lesions_images_together():
     """60 images of 6 lesions (10 each) carry the evidence of 6 lesions, not of 60 images: the interval widens."""
     from skinedge.convert.metrics import bootstrap_balanced_accuracy
