@@ -13,6 +13,7 @@ at the training split's class frequencies when the model was trained class-balan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import tempfile
@@ -53,9 +54,9 @@ def flag_frequencies(classes: Sequence[str], train_counts: dict[str, int], balan
     frequencies (balance "none") already answers at them, and reweighting again would count them twice."""
     if prior not in FLAG_PRIORS:
         raise ValueError(f"unknown flag prior {prior!r}")
-    total = sum(train_counts.get(c, 0) for c in classes)
     if prior == "none" or balance == "none" or not train_counts.get(label):
         return None
+    total = sum(train_counts.get(c, 0) for c in classes)
     return {c: round(train_counts.get(c, 0) / total, 6) for c in classes}
 
 
@@ -225,10 +226,10 @@ def convert_run(
     if mel is not None and np.any(y_va == mel):
         shares = flag_frequencies(classes, counts.get("train", {}), cfg.get("balance", "weights"), classes[mel],
                                   flag_prior)
-        rule = FlagRule(classes[mel], 0.0, tuple(shares.items()) if shares else ())
-        threshold = threshold_for_sensitivity(y_va == mel, rule.scores(probs, classes), flag_sensitivity)
+        unset = FlagRule(classes[mel], 0.0, tuple(shares.items()) if shares else ())  # its scores need no threshold
+        threshold = threshold_for_sensitivity(y_va == mel, unset.scores(probs, classes), flag_sensitivity)
         # rounded down, so the validation melanomas the threshold was chosen to catch stay caught
-        rule = FlagRule(rule.label, math.floor(threshold * 1e6) / 1e6, rule.class_frequencies)
+        rule = dataclasses.replace(unset, threshold=math.floor(threshold * 1e6) / 1e6)
         flag = {"label": rule.label, "threshold": rule.threshold, "rule": rule.describe(),
                 "chosen_for": f"sensitivity >= {flag_sensitivity} on the validation split", "prior": flag_prior,
                 **({"class_frequencies": shares} if shares else {})}

@@ -234,6 +234,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
         val = (meta.get("validation", {}).get("melanoma") or {}).get("flag") or {}
         val_counts = meta.get("data", {}).get("split_counts", {}).get("val", {})
         val_pos, val_n = val_counts.get(flag["label"]), sum(val_counts.values())
+        val_neg = val_n - val_pos if val_pos is not None else None
         test_pos, test_n = int8.get("per_class", {}).get(flag["label"], {}).get("support"), int8.get("n")
         test_neg = test_n - test_pos if test_pos is not None and test_n else None
         test_flag = mel.get("flag") or {}
@@ -241,7 +242,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                   f"`flag` is true when P({flag['label']}){_at_frequencies(flag)} >= {flag['threshold']} (chosen "
                   f"for {flag.get('chosen_for')}). On validation: sensitivity "
                   f"{_rate(val.get('sensitivity'), val_pos)}, specificity "
-                  f"{_rate(val.get('specificity'), val_n - val_pos if val_pos is not None else None)}. "
+                  f"{_rate(val.get('specificity'), val_neg)}. "
                   f"On the test split (int8): sensitivity {_rate(test_flag.get('sensitivity'), test_pos)}, "
                   f"specificity {_rate(test_flag.get('specificity'), test_neg)}"
                   + (f"; ROC-AUC of the flag's score {_fmt(mel['flag']['roc_auc'])}, of the raw P({flag['label']}) "
