@@ -51,7 +51,9 @@ def flag_frequencies(classes: Sequence[str], train_counts: dict[str, int], balan
 
     A model trained with class weights or oversampling (`balance`) answers as if its classes were equally common:
     prior "train" moves its P(label) to the training split's frequencies. A model trained on the data's own
-    frequencies (balance "none") already answers at them, and reweighting again would count them twice."""
+    frequencies (balance "none") already answers at them, and reweighting again would count them twice.
+    `train_counts` is the training split of the run's data alone: images added with `train --extra-train` were
+    chosen for their class, so their share says nothing about how often lesions occur."""
     if prior not in FLAG_PRIORS:
         raise ValueError(f"unknown flag prior {prior!r}")
     if prior == "none" or balance == "none" or not train_counts.get(label):
@@ -66,6 +68,9 @@ def split_description(cfg: dict) -> str:
               if cfg.get("init_from") else "")
     if cfg.get("leave_out"):
         pinned += f"; lesions that {cfg['leave_out']} validates or tests on left out"
+    if cfg.get("extra_train"):
+        pinned += (f"; training also on images of {cfg['extra_train']} that repeat none of the data's, never "
+                   "validated or tested on")
     if cfg.get("extra", {}).get("layout") == "ham10000":
         how = "grouped by lesion_id from the HAM10000 metadata"
         return f"stratified by class, {how}{pinned} (split.csv in the run dir)"
@@ -254,7 +259,9 @@ def convert_run(
                          "max_abs_prob_diff": round(max_diff, 6), "min_agreement": min_agreement},
         "validation": val_metrics,
         "data": {"source": cfg["data"], "layout": cfg.get("extra", {}).get("layout"), "split_counts": counts,
-                 "split": split_description(cfg)},
+                 "split": split_description(cfg),
+                 **({"extra_train": {"source": cfg["extra_train"], "labels": cfg.get("extra_labels", {})}}
+                    if cfg.get("extra_train") else {})},
         "training": {"config": cfg, "run_dir": str(run.path)},
         "intended_use": INTENDED_USE,
         "disclaimer": NOT_A_DIAGNOSIS,

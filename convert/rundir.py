@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
 SPLIT_FILE = "split.csv"
+EXTRA_SPLIT = "extra"  # split.csv rows of training-only images from another data set (train --extra-train)
 FLOAT_WEIGHTS = "float.weights.h5"  # the best float model of a finished run
 QAT_WEIGHTS = "qat.weights.h5"  # its QAT model, what convert turns into int8
 
@@ -102,6 +103,11 @@ def read_histories(run: Path) -> dict[str, dict[str, list[float]]]:
         except (OSError, ValueError) as exc:  # ValueError covers a non-number cell and UnicodeDecodeError
             log.warning("%s: unreadable (%s); left out", path, exc)
     return out
+
+
+def training_samples(splits: Mapping[str, Sequence[Sample]]) -> list[Sample]:
+    """What the run trains on: its training split and any training-only extra images."""
+    return [*splits["train"], *splits.get(EXTRA_SPLIT, [])]
 
 
 def class_counts(samples: Sequence[Sample]) -> dict[str, int]:

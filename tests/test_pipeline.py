@@ -233,6 +233,35 @@ def test_cnn_on_ham10000_end_to_end(tmp_path: Path):
     assert json.loads(out)["label"] in meta["labels"]
 
 
+def test_extra_train_images_join_training_only_and_the_flag_keeps_the_data_frequencies(tmp_path: Path):
+    """HAM10000 with the ISIC set's melanomas and nevi added to training (--extra-train): validation and test are
+    the split the data alone gives, no added image is a HAM10000 image, and the bundle records the added images
+    while its flag reads P(mel) at the frequencies of HAM10000's own training split."""
+    from skinedge.convert.rundir import RunDir
+    from skinedge.train import data as D
+
+    ham, isic = shared_path("data", "ham10000"), shared_path("data", "isic9", "Train")
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    _cli("train", str(ham), "--out", str(run), "--arch", "cnn", "--img-size", "32", "--epochs", "1",
+         "--qat-epochs", "1", "--limit", "250", "--extra-train", str(isic), "--extra-label", "melanoma=mel",
+         "--extra-label", "nevus=nv")
+    splits = RunDir.open(run).splits
+    samples, _, _ = D.list_samples(ham)
+    alone = D.split_samples(D.limit_samples(samples, 250, 42), 0.15, 0.15, 42)
+    for name in ("train", "val", "test"):
+        assert [s.path for s in splits[name]] == [s.path for s in alone[name]], name
+    assert D.class_counts(splits["extra"]) == {"mel": 362, "nv": 280}
+    assert not {Path(s.path).stem for s in splits["extra"]} & {Path(s.path).stem for s in samples}
+    _cli("convert", str(run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["data"]["extra_train"] == {"source": str(isic), "labels": {"melanoma": "mel", "nevus": "nv"}}
+    assert meta["data"]["split_counts"]["extra"] == {"mel": 362, "nv": 280}
+    assert f"training also on images of {isic}" in meta["data"]["split"]
+    train = D.class_counts(splits["train"])
+    assert meta["flag"]["class_frequencies"] == pytest.approx(
+        {c: train.get(c, 0) / sum(train.values()) for c in meta["labels"]}, abs=1e-6)
+
+
 def test_init_from_another_run_takes_its_backbone_and_keeps_its_lesions_out_of_validation_and_test(
         mobilenet_run: Path, tmp_path: Path):
     """HAM10000 started from the ISIC run above (the two share images): the backbone arrives unchanged (the head

@@ -480,3 +480,23 @@ def test_train_init_from_something_that_is_not_a_usable_run_is_one_line(colour_d
     left = cli("train", colour_data, "--out", tmp_path / "out", "--arch", "cnn", "--leave-out", empty)
     assert_one_line_error(left, 2, "--leave-out", str(empty), "config.json is missing")
     assert not (tmp_path / "out").exists()
+
+
+def test_train_extra_data_that_cannot_apply_is_one_line(colour_data, fake_run, tmp_path):
+    extra = folder_data(tmp_path / "extra", {"melanoma": 2, "naevus": 2})
+    base = ["train", colour_data, "--out", tmp_path / "out", "--arch", "cnn", "--weights", "none"]
+    bad_pair = cli(*base, "--extra-train", extra, "--extra-label", "melanoma")
+    assert_one_line_error(bad_pair, 2, "'melanoma': expected FOLDER=CLASS")
+    twice = cli(*base, "--extra-train", extra, "--extra-label", "melanoma=mel", "--extra-label", "melanoma=nv")
+    assert_one_line_error(twice, 2, "'melanoma': mapped to both mel and nv")
+    alone = cli(*base, "--extra-label", "melanoma=mel")
+    assert_one_line_error(alone, 2, "--extra-label", "names folders of --extra-train, which is not given")
+    unknown = cli(*base, "--extra-train", extra, "--extra-label", "melanoma=melanoma")
+    assert_one_line_error(unknown, 2, "--extra-label: melanoma not among the classes of the data (akiec, mel, nv)")
+    absent = cli(*base, "--extra-train", extra, "--extra-label", "nevus=nv")
+    assert_one_line_error(absent, 2, str(extra), "no folder of images named 'nevus'")
+    nothing = cli(*base, "--extra-train", extra)  # no folder named like a class, none mapped
+    assert_one_line_error(nothing, 2, str(extra), "no images to add")
+    assert not (tmp_path / "out").exists()
+    with_float = cli("train", colour_data, "--out", tmp_path / "out", "--float-from", fake_run, "--extra-train", extra)
+    assert_one_line_error(with_float, 2, "--extra-train", "set by the run --float-from names")

@@ -238,3 +238,21 @@ def test_card_without_intervals_reads_as_before(tmp_path):
     card = (bundle / "README.md").read_text()
     assert "| int8 TFLite (shipped) | 80.5 % |" in card and "bootstrap" not in card
     assert "int8 against float: balanced accuracy -0.5 points, top-1 agreement 99.5 %." in card
+
+
+def test_card_names_training_only_images_from_another_data_set(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["data"]["split_counts"]["extra"] = {"mel": 362, "nv": 280}
+    meta["data"]["extra_train"] = {"source": "ISIC/Train", "labels": {"melanoma": "mel", "nevus": "nv"}}
+    (bundle / "model.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    card = (bundle / "README.md").read_text()
+    assert ("Training also used 642 images of `ISIC/Train` (the `extra` row; folders melanoma as mel, nevus as nv), "
+            "in training only; its images that repeat this data's were left out.") in card
+    assert "| extra | 362 | 280 | 642 |" in card
+    _, report2, _ = _setup(tmp_path / "plain")
+    plain = tmp_path / "plain" / "models" / "demo"
+    assert CliRunner().invoke(main, ["card", str(plain), "--report", str(report2)]).exit_code == 0
+    assert "Training also used" not in (plain / "README.md").read_text()

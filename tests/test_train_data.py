@@ -266,3 +266,97 @@ def test_seen_groups_match_a_lesion_by_id_and_an_image_by_file_name():
             D.Sample("isic/nv/ISIC_3.jpg", "nevus", "C"), D.Sample("isic/nv/ISIC_4.jpg", "nevus", "C")]
     seen = [D.Sample("ham/images/ISIC_9.jpg", "mel", "HAM_A"), D.Sample("ham/images/ISIC_4.jpg", "nv", "HAM_Z")]
     assert D.seen_groups(ours, seen) == {"HAM_A", "C"}  # C through its image ISIC_4; B was never seen
+
+
+def test_a_run_started_from_one_with_extra_images_keeps_those_images_in_training():
+    """A HAM10000 run that trained on ISIC images (--extra-train) has seen them: an ISIC run started from it must
+    not validate or test on them."""
+    from types import SimpleNamespace
+
+    from skinedge.train import data as D
+    from skinedge.train.warmstart import pinned_groups
+
+    source = SimpleNamespace(path="runs/ham-more-mel", splits={
+        "train": [D.Sample("ham/images/ISIC_9.jpg", "mel", "HAM_A")], "val": [], "test": [],
+        D.EXTRA_SPLIT: [D.Sample("isic/melanoma/ISIC_2.jpg", "mel", "ISIC_2")]})
+    ours = [D.Sample("isic/melanoma/ISIC_1.jpg", "melanoma", "HAM_A"),
+            D.Sample("isic/melanoma/ISIC_2.jpg", "melanoma", "ISIC_2"), D.Sample("isic/nv/ISIC_3.jpg", "nevus", "C")]
+    assert pinned_groups(ours, source) == {"HAM_A", "ISIC_2"}
+    assert [s.path for s in D.training_samples(source.splits)] == ["ham/images/ISIC_9.jpg", "isic/melanoma/ISIC_2.jpg"]
+
+
+def _extra_set(root: Path) -> Path:
+    """A folder-per-class set: two melanomas (one also filed as seborrheic keratosis), a nevus with a copy, an
+    image that repeats the main data's by name, and a folder nothing maps."""
+    _write_jpg(root / "melanoma" / "m1.jpg", (200, 10, 10))
+    _write_jpg(root / "melanoma" / "m2.jpg", (190, 20, 10))
+    _write_jpg(root / "seborrheic keratosis" / "m2.jpg", (190, 20, 10))  # the same file under a second class
+    _write_jpg(root / "nevus" / "n1.jpg", (10, 200, 10))
+    _write_jpg(root / "nevus" / "n1-copy.jpg", (10, 200, 10))
+    _write_jpg(root / "nevus" / "ISIC_0000001.jpg", (10, 10, 200))  # the main data's image, by name
+    _write_jpg(root / "squamous cell carcinoma" / "s1.jpg", (90, 90, 90))
+    return root
+
+
+def test_extra_samples_map_folders_to_classes_and_drop_repeats_disputes_and_copies(tmp_path, caplog):
+    from skinedge.train import data as D
+
+    main = [D.Sample("ham/ISIC_0000001.jpg", "nv", "HAM_1"), D.Sample("ham/ISIC_0000002.jpg", "mel", "HAM_2")]
+    root = _extra_set(tmp_path / "extra")
+    with caplog.at_level(logging.INFO, logger="skinedge.train.data"):
+        extra = D.extra_samples(root, {"melanoma": "mel", "nevus": "nv", "seborrheic keratosis": "bkl"},
+                                ["bkl", "mel", "nv"], main)
+    # m2 is filed as mel and as bkl: both copies go; n1 and its copy are one image; ISIC_0000001 is main data
+    # (of two copies the first in file order stays: "n1-copy.jpg" sorts before "n1.jpg")
+    assert [(Path(s.path).name, s.label) for s in extra] == [("m1.jpg", "mel"), ("n1-copy.jpg", "nv")]
+    line = next(r.getMessage() for r in caplog.records if "training-only" in r.getMessage())
+    # the same when the second folder is left out: the set's own labels still disagree about m2
+    alone = D.extra_samples(root, {"melanoma": "mel"}, ["bkl", "mel", "nv"], main)
+    assert [Path(s.path).name for s in alone] == ["m1.jpg"]
+    assert "2 training-only images" in line and "1 repeating the main data" in line
+    assert "2 whose copies are filed under another class" in line and "1 duplicate copies" in line
+    assert line.endswith("folders left out: squamous cell carcinoma")
+    # a folder already named like a class needs no mapping; a lesion id shared with the main data is a repeat
+    _write_jpg(tmp_path / "named" / "mel" / "x.jpg")
+    _write_jpg(tmp_path / "named" / "nv" / "HAM_2.jpg", (1, 2, 3))
+    named = D.extra_samples(tmp_path / "named", {}, ["mel", "nv"], [D.Sample("a/b.jpg", "mel", "HAM_2")])
+    assert [(Path(s.path).name, s.label) for s in named] == [("x.jpg", "mel")]
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"melanoma": "melanoma"}, "--extra-label: melanoma not among the classes of the data (mel, nv)"),
+    ({"naevus": "nv"}, "no folder of images named 'naevus' (--extra-label)"),
+])
+def test_extra_samples_refuse_a_mapping_that_cannot_apply(tmp_path, mapping, message):
+    from skinedge.train import data as D
+
+    root = _extra_set(tmp_path / "extra")
+    with pytest.raises(D.DataError, match=re.escape(message)):
+        D.extra_samples(root, mapping, ["mel", "nv"], [])
+
+
+def test_extra_samples_refuse_data_with_nothing_to_add(tmp_path):
+    from skinedge.train import data as D
+
+    _write_jpg(tmp_path / "extra" / "mel" / "ISIC_1.jpg")
+    with pytest.raises(D.DataError, match="no images to add"):
+        D.extra_samples(tmp_path / "extra", {}, ["mel", "nv"], [D.Sample("h/ISIC_1.jpg", "mel", "L1")])
+    ham = tmp_path / "ham"
+    _write_jpg(ham / "images" / "ISIC_2.jpg")
+    (ham / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nL2,ISIC_2,mel\n")
+    with pytest.raises(D.DataError, match=re.escape(f"{ham}: not a folder of class folders (--extra-train)")):
+        D.extra_samples(ham, {}, ["mel", "nv"], [])
+
+
+def test_isic_melanomas_for_ham10000_leave_out_every_ham10000_image():
+    """The real pair: the ISIC set's HAM10000 images are dropped (they could be validation or test images), and
+    the melanomas it files again as seborrheic keratosis too."""
+    from skinedge.train import data as D
+
+    main, classes, _ = D.list_samples(shared_path("data", "ham10000"))
+    extra = D.extra_samples(shared_path("data", "isic9", "Train"),
+                            {"melanoma": "mel", "nevus": "nv", "seborrheic keratosis": "bkl"}, classes, main)
+    ham_ids = {Path(s.path).stem for s in main}
+    assert not ham_ids & {Path(s.path).stem for s in extra}
+    assert D.class_counts(extra) == {"bkl": 2, "mel": 362, "nv": 280}
+    assert len({s.group for s in extra}) == len(extra)

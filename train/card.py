@@ -185,7 +185,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
              "## Data and split",
              f"Source: `{meta.get('data', {}).get('source')}` ({meta.get('data', {}).get('layout')} layout). "
              f"{meta.get('data', {}).get('split', '')}; the test split is never used for training, early stopping "
-             "or choosing the flag threshold.",
+             f"or choosing the flag threshold.{_extra_train(meta.get('data', {}))}",
              _table(["split", *classes, "total"], [
                  [split, *(counts.get(c, 0) for c in classes), sum(counts.values())]
                  for split, counts in meta.get("data", {}).get("split_counts", {}).items()])]
@@ -280,6 +280,18 @@ def _at_frequencies(flag: dict[str, Any]) -> str:
     return (f" at the training split's class frequencies ({given}; the model was trained class-balanced, so its "
             "raw outputs answer as if every class were equally common, and the flag asks how likely melanoma is "
             "among lesions as they occur)")
+
+
+def _extra_train(data: dict[str, Any]) -> str:
+    """The sentence on training-only images from another data set (`train --extra-train`), or nothing."""
+    extra = data.get("extra_train")
+    if not extra:
+        return ""
+    mapped = ", ".join(f"{folder} as {label}" for folder, label in extra.get("labels", {}).items())
+    n = sum(data.get("split_counts", {}).get("extra", {}).values())
+    return (f" Training also used {n} images of `{extra.get('source')}` (the `extra` row; "
+            f"{'folders ' + mapped if mapped else 'folders named like a class'}), in training only; "
+            "its images that repeat this data's were left out.")
 
 
 def _train_time(seconds: Optional[float], float_seconds: Optional[float]) -> str:

@@ -61,6 +61,19 @@ def _check_float_from(ctx: click.Context) -> None:
                                f"split, input size and float settings apply); only {choices} can be chosen with it.")
 
 
+def _label_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """FOLDER=CLASS pairs as a dict (usage error, exit 2, for a pair without '=' or a folder named twice)."""
+    mapping: dict[str, str] = {}
+    for value in values:
+        folder, sep, label = (part.strip() for part in value.partition("="))
+        if not sep or not folder or not label:
+            raise click.BadParameter(f"{value!r}: expected FOLDER=CLASS, e.g. 'melanoma=mel'", ctx, param)
+        if mapping.get(folder, label) != label:
+            raise click.BadParameter(f"{folder!r}: mapped to both {mapping[folder]} and {label}", ctx, param)
+        mapping[folder] = label
+    return mapping
+
+
 class WeightsChoice(click.ParamType):
     """imagenet, none, or the path of an existing .h5 file."""
 
@@ -122,6 +135,12 @@ class WeightsChoice(click.ParamType):
 @click.option("--lesion-ids", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="CSV of image_id,lesion_id (HAM10000_metadata.csv) that groups a folder-per-class DATA's images "
                    "by lesion, so no lesion straddles the splits.")
+@click.option("--extra-train", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="A folder per class whose images are added to training only (never validation or test), e.g. "
+                   "the ISIC set's melanomas for HAM10000; images that repeat DATA's are dropped.")
+@click.option("--extra-label", "extra_labels", multiple=True, callback=_label_map, metavar="FOLDER=CLASS",
+              help="Which of DATA's classes a folder of --extra-train is (repeatable); folders named like a class "
+                   "need none, the others are left out.")
 @click.option("--test-fraction", type=FiniteFloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
               help="Lesions held out as a test split (never trained or tuned on).")
 @click.option("--val-fraction", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
@@ -140,7 +159,8 @@ class WeightsChoice(click.ParamType):
 def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
           leave_out: Optional[str], float_from: Optional[str], img_size: int, head_epochs: int, epochs: int,
           settle_epochs: int, qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float,
-          balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str], test_fraction: float,
+          balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
+          extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
           val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: int, no_augment: bool,
           resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
@@ -160,11 +180,15 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
       skinedge train ../shared/data/isic9/Train --out runs/isic9-from-ham --init-from runs/ham-for-isic9 \\
           --lesion-ids ../shared/data/ham10000/HAM10000_metadata.csv
       skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 0.5
+      skinedge train ../shared/data/ham10000 --out runs/ham-more-mel --extra-train ../shared/data/isic9/Train \\
+          --extra-label melanoma=mel --extra-label nevus=nv
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
     if float_from:
         _check_float_from(ctx)
+    if extra_labels and not extra_train:
+        raise click.BadParameter("names folders of --extra-train, which is not given.", param_hint="'--extra-label'")
     if swa_epochs > epochs:
         raise click.BadParameter(f"{swa_epochs} is more than the {epochs} fine-tuning epochs (--epochs).",
                                  param_hint="'--swa-epochs'")
@@ -182,7 +206,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         img_size=img_size, head_epochs=head_epochs, epochs=epochs, settle_epochs=settle_epochs,
         qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
-        lesion_ids=lesion_ids, test_fraction=test_fraction, val_fraction=val_fraction, patience=patience,
+        lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
+        val_fraction=val_fraction, patience=patience,
         swa_epochs=swa_epochs, mixup=mixup, seed=seed, augment=not no_augment, float_from=float_from,
         qat_distill=qat_distill,
     )

@@ -179,7 +179,8 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     table = _table(variants, metrics)
     histories: dict[str, dict[str, list[float]]] = {}
     if run:
-        counts = {name: D.class_counts(run.splits[name]) for name in ("train", "val", "test") if run.splits.get(name)}
+        counts = {name: D.class_counts(run.splits[name]) for name in ("train", D.EXTRA_SPLIT, "val", "test")
+                  if run.splits.get(name)}
         histories = {phase: h for phase, h in read_histories(run.path).items() if h}  # curves need at least a row
     else:
         counts = {"evaluated": {c: int(np.sum(y == i)) for i, c in enumerate(classes)}}

@@ -23,17 +23,19 @@ from collections import Counter
 import os
 import warnings
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from skinedge.convert.rundir import (  # noqa: F401 - re-exported: the one data module training uses
+    EXTRA_SPLIT,
     SPLIT_FILE,
     Sample,
     class_counts,
     load_images,
     load_split,
     save_split,
+    training_samples,
 )
 from skinedge.device.labels import LabelsError, format_labels
 from skinedge.device.preprocess import is_image_path
@@ -264,6 +266,52 @@ def list_samples(root: os.PathLike | str, lesion_ids: os.PathLike | str | None =
     if len(classes) < 2:
         raise DataError(f"{root}: found only one class ({classes[0]}); a classifier needs at least two")
     return samples, classes, layout
+
+
+def extra_samples(root: os.PathLike | str, label_map: Mapping[str, str], classes: Sequence[str],
+                  main: Sequence[Sample]) -> list[Sample]:
+    """Training-only images from a second folder-per-class set, under this run's class names (`--extra-train`).
+
+    A folder maps through `label_map` (folder -> class); one already named like a class needs no entry; the others
+    are left out. Images that repeat the main data's (the same file name, as ISIC ids are, or the same lesion) are
+    dropped: they could be copies of a validation or test image."""
+    root = Path(root)
+    if not root.is_dir() or detect_layout(root) != "folders":
+        raise DataError(f"{root}: not a folder of class folders (--extra-train)")
+    unknown = sorted(set(label_map.values()) - set(classes))
+    if unknown:
+        raise DataError(f"--extra-label: {', '.join(unknown)} not among the classes of the data ({', '.join(classes)})")
+    try:
+        samples = _folder_samples(root)
+    except OSError as exc:
+        raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror})") from None
+    folders = sorted({s.label for s in samples})
+    absent = sorted(set(label_map) - set(folders))
+    if absent:
+        raise DataError(f"{root}: no folder of images named {', '.join(map(repr, absent))} (--extra-label)")
+    target = {f: label_map.get(f, f if f in classes else None) for f in folders}
+    stems, groups = {Path(s.path).stem for s in main}, {s.group for s in main}
+    mapped = [Sample(s.path, target[s.label], s.group) for s in samples if target[s.label]]
+    fresh = [s for s in mapped if Path(s.path).stem not in stems and s.group not in groups]
+    # a group here is an image and its byte-identical copies: one copy is enough, and copies filed under folders
+    # that map apart, or under a folder left out, are labels the set itself disputes (it files 75 melanomas again
+    # as seborrheic keratosis): they teach nothing but noise
+    labels: dict[str, set[tuple[str, str]]] = {}
+    for s in samples:
+        labels.setdefault(s.group, set()).add(("class", target[s.label]) if target[s.label] else ("folder", s.label))
+    kept, seen = [], set()
+    for s in fresh:
+        if len(labels[s.group]) == 1 and s.group not in seen:
+            kept.append(s)
+            seen.add(s.group)
+    disputed = sum(1 for s in fresh if len(labels[s.group]) > 1)
+    log.info("%s: %d training-only images %s; dropped: %d repeating the main data, %d whose copies are filed "
+             "under another class, %d duplicate copies; folders left out: %s", root, len(kept),
+             dict(Counter(s.label for s in kept)), len(mapped) - len(fresh), disputed,
+             len(fresh) - disputed - len(kept), ", ".join(f for f in folders if not target[f]) or "none")
+    if not kept:
+        raise DataError(f"{root}: no images to add (every mapped image repeats the main data's, or no folder maps)")
+    return kept
 
 
 def limit_samples(samples: Sequence[Sample], n: int, seed: int) -> list[Sample]:

@@ -114,6 +114,8 @@ def phase_mixup(cfg: TrainConfig, phase: str) -> float:
 def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]:
     """The run's samples split by lesion (train, val, test), its classes and the data layout."""
     samples, classes, layout = D.list_samples(cfg.data, lesion_ids=cfg.lesion_ids)
+    # checked against every image of the data, left out or limited or not: an extra image must copy none of them
+    extra = D.extra_samples(cfg.extra_train, cfg.extra_labels, classes, samples) if cfg.extra_train else []
     if layout == "folders" and not cfg.lesion_ids:
         # the split cannot see that two files show one lesion; say so rather than report "lesions" it never had
         log.warning("%s: a folder per class names no lesions, so every image is split on its own; if several images "
@@ -127,6 +129,8 @@ def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]
         splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed, pinned=pinned)
     except D.DataError as exc:
         raise D.DataError(f"{cfg.data}: {exc}") from None
+    if extra:
+        splits[D.EXTRA_SPLIT] = extra
     return splits, classes, layout
 
 
@@ -307,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     _write_json(state_path, state)
     size = (cfg.img_size, cfg.img_size)
     cache = cache_dir(cfg.to_dict(), run)
-    x_tr, y_tr, _ = D.load_images(splits["train"], classes, size, cache, cfg.workers)
+    x_tr, y_tr, _ = D.load_images(D.training_samples(splits), classes, size, cache, cfg.workers)
     x_va, y_va, _ = D.load_images(splits["val"], classes, size, cache, cfg.workers)
     if len(y_tr) == 0 or len(y_va) == 0:
         raise RunError(f"{cfg.data}: no readable images in the training or validation split")

@@ -67,7 +67,7 @@ def open_source(cfg: TrainConfig) -> RunDir:
 
 def pinned_groups(samples: Sequence[Sample], source: RunDir) -> set[str]:
     """This run's groups that the source run trained or validated on (to be pinned to training)."""
-    pinned = D.seen_groups(samples, source.splits["train"] + source.splits["val"])
+    pinned = D.seen_groups(samples, D.training_samples(source.splits) + source.splits["val"])
     log.info("%s: %d of this run's %d lesions/groups were trained or validated on there; they stay in training",
              source.path, len(pinned), len({s.group for s in samples}))
     return pinned
