@@ -486,15 +486,15 @@ def test_train_extra_data_that_cannot_apply_is_one_line(colour_data, fake_run, t
     extra = folder_data(tmp_path / "extra", {"melanoma": 2, "naevus": 2})
     base = ["train", colour_data, "--out", tmp_path / "out", "--arch", "cnn", "--weights", "none"]
     bad_pair = cli(*base, "--extra-train", extra, "--extra-label", "melanoma")
-    assert_one_line_error(bad_pair, 2, "'melanoma': expected FOLDER=CLASS")
+    assert_one_line_error(bad_pair, 2, "'melanoma': expected THEIRS=OURS")
     twice = cli(*base, "--extra-train", extra, "--extra-label", "melanoma=mel", "--extra-label", "melanoma=nv")
     assert_one_line_error(twice, 2, "'melanoma': mapped to both mel and nv")
     alone = cli(*base, "--extra-label", "melanoma=mel")
-    assert_one_line_error(alone, 2, "--extra-label", "names folders of --extra-train, which is not given")
+    assert_one_line_error(alone, 2, "--extra-label", "names classes of --extra-train, which is not given")
     unknown = cli(*base, "--extra-train", extra, "--extra-label", "melanoma=melanoma")
     assert_one_line_error(unknown, 2, "--extra-label: melanoma not among the classes of the data (akiec, mel, nv)")
     absent = cli(*base, "--extra-train", extra, "--extra-label", "nevus=nv")
-    assert_one_line_error(absent, 2, str(extra), "no folder of images named 'nevus'")
+    assert_one_line_error(absent, 2, str(extra), "has no class 'nevus' (--extra-label); its classes: melanoma, naevus")
     nothing = cli(*base, "--extra-train", extra)  # no folder named like a class, none mapped
     assert_one_line_error(nothing, 2, str(extra), "no images to add")
     assert not (tmp_path / "out").exists()

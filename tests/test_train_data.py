@@ -313,9 +313,9 @@ def test_extra_samples_map_folders_to_classes_and_drop_repeats_disputes_and_copi
     # the same when the second folder is left out: the set's own labels still disagree about m2
     alone = D.extra_samples(root, {"melanoma": "mel"}, ["bkl", "mel", "nv"], main)
     assert [Path(s.path).name for s in alone] == ["m1.jpg"]
-    assert "2 training-only images" in line and "1 repeating the main data" in line
+    assert "2 training-only images" in line and "1 of lesions or images the data holds" in line
     assert "2 whose copies are filed under another class" in line and "1 duplicate copies" in line
-    assert line.endswith("folders left out: squamous cell carcinoma")
+    assert line.endswith("classes left out: squamous cell carcinoma")
     # a folder already named like a class needs no mapping; a lesion id shared with the main data is a repeat
     _write_jpg(tmp_path / "named" / "mel" / "x.jpg")
     _write_jpg(tmp_path / "named" / "nv" / "HAM_2.jpg", (1, 2, 3))
@@ -325,7 +325,8 @@ def test_extra_samples_map_folders_to_classes_and_drop_repeats_disputes_and_copi
 
 @pytest.mark.parametrize("mapping, message", [
     ({"melanoma": "melanoma"}, "--extra-label: melanoma not among the classes of the data (mel, nv)"),
-    ({"naevus": "nv"}, "no folder of images named 'naevus' (--extra-label)"),
+    ({"naevus": "nv"}, "has no class 'naevus' (--extra-label); its classes: melanoma, nevus, seborrheic "
+                       "keratosis, squamous cell carcinoma"),
 ])
 def test_extra_samples_refuse_a_mapping_that_cannot_apply(tmp_path, mapping, message):
     from skinedge.train import data as D
@@ -341,11 +342,26 @@ def test_extra_samples_refuse_data_with_nothing_to_add(tmp_path):
     _write_jpg(tmp_path / "extra" / "mel" / "ISIC_1.jpg")
     with pytest.raises(D.DataError, match="no images to add"):
         D.extra_samples(tmp_path / "extra", {}, ["mel", "nv"], [D.Sample("h/ISIC_1.jpg", "mel", "L1")])
+    _write_jpg(tmp_path / "flat" / "a.jpg")
+    with pytest.raises(D.DataError, match="neither a HAM10000 folder"):
+        D.extra_samples(tmp_path / "flat", {}, ["mel", "nv"], [])
+
+
+def test_extra_samples_from_a_ham10000_folder_drop_every_lesion_the_data_holds_an_image_of(tmp_path):
+    """HAM10000 for the ISIC set: a lesion with one image in the ISIC data is dropped whole, even without lesion
+    ids on the ISIC side (its other images would be the same lesion on the training side of a split)."""
+    from skinedge.train import data as D
+
     ham = tmp_path / "ham"
-    _write_jpg(ham / "images" / "ISIC_2.jpg")
-    (ham / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nL2,ISIC_2,mel\n")
-    with pytest.raises(D.DataError, match=re.escape(f"{ham}: not a folder of class folders (--extra-train)")):
-        D.extra_samples(ham, {}, ["mel", "nv"], [])
+    rows = [("L1", "ISIC_1", "mel"), ("L1", "ISIC_2", "mel"), ("L2", "ISIC_3", "nv"), ("L2", "ISIC_4", "nv"),
+            ("L3", "ISIC_5", "df")]
+    for _, image_id, _ in rows:
+        _write_jpg(ham / "images" / f"{image_id}.jpg")
+    (ham / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n" + "".join(f"{','.join(r)}\n" for r in rows))
+    main = [D.Sample("isic/melanoma/ISIC_2.jpg", "melanoma", "ISIC_2")]  # no lesion ids: its own group
+    extra = D.extra_samples(ham, {"mel": "melanoma", "nv": "nevus"}, ["melanoma", "nevus"], main)
+    assert [(Path(s.path).stem, s.label, s.group) for s in extra] == [("ISIC_3", "nevus", "L2"),
+                                                                      ("ISIC_4", "nevus", "L2")]
 
 
 def test_isic_melanomas_for_ham10000_leave_out_every_ham10000_image():

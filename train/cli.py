@@ -62,12 +62,12 @@ def _check_float_from(ctx: click.Context) -> None:
 
 
 def _label_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    """FOLDER=CLASS pairs as a dict (usage error, exit 2, for a pair without '=' or a folder named twice)."""
+    """THEIRS=OURS pairs as a dict (usage error, exit 2, for a pair without '=' or a class named twice)."""
     mapping: dict[str, str] = {}
     for value in values:
         folder, sep, label = (part.strip() for part in value.partition("="))
         if not sep or not folder or not label:
-            raise click.BadParameter(f"{value!r}: expected FOLDER=CLASS, e.g. 'melanoma=mel'", ctx, param)
+            raise click.BadParameter(f"{value!r}: expected THEIRS=OURS, e.g. 'melanoma=mel'", ctx, param)
         if mapping.get(folder, label) != label:
             raise click.BadParameter(f"{folder!r}: mapped to both {mapping[folder]} and {label}", ctx, param)
         mapping[folder] = label
@@ -136,11 +136,12 @@ class WeightsChoice(click.ParamType):
               help="CSV of image_id,lesion_id (HAM10000_metadata.csv) that groups a folder-per-class DATA's images "
                    "by lesion, so no lesion straddles the splits.")
 @click.option("--extra-train", type=click.Path(exists=True, file_okay=False, path_type=str),
-              help="A folder per class whose images are added to training only (never validation or test), e.g. "
-                   "the ISIC set's melanomas for HAM10000; images that repeat DATA's are dropped.")
-@click.option("--extra-label", "extra_labels", multiple=True, callback=_label_map, metavar="FOLDER=CLASS",
-              help="Which of DATA's classes a folder of --extra-train is (repeatable); folders named like a class "
-                   "need none, the others are left out.")
+              help="Another data set (a folder per class or a HAM10000 folder) whose images are added to training "
+                   "only, never validation or test, e.g. the ISIC set's melanomas for HAM10000; lesions and images "
+                   "that repeat DATA's are dropped.")
+@click.option("--extra-label", "extra_labels", multiple=True, callback=_label_map, metavar="THEIRS=OURS",
+              help="Which of DATA's classes a class (folder or dx code) of --extra-train is (repeatable); classes "
+                   "named like one of DATA's need none, the others are left out.")
 @click.option("--test-fraction", type=FiniteFloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
               help="Lesions held out as a test split (never trained or tuned on).")
 @click.option("--val-fraction", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
@@ -188,7 +189,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
     if float_from:
         _check_float_from(ctx)
     if extra_labels and not extra_train:
-        raise click.BadParameter("names folders of --extra-train, which is not given.", param_hint="'--extra-label'")
+        raise click.BadParameter("names classes of --extra-train, which is not given.", param_hint="'--extra-label'")
     if swa_epochs > epochs:
         raise click.BadParameter(f"{swa_epochs} is more than the {epochs} fine-tuning epochs (--epochs).",
                                  param_hint="'--swa-epochs'")

@@ -45,10 +45,10 @@ class TrainConfig:
     finetune_from: float = 0.6  # fraction of the backbone's depth above which layers are unfrozen when fine-tuning
     label_smoothing: float = 0.05  # softens one-hot targets; helps calibration and QAT stability
     balance: str = "weights"  # class imbalance: "weights" (class-weighted loss), "oversample" or "none"
-    extra_train: Optional[str] = None  # a folder per class whose images join training only, never validation or
-    #   test (more melanomas from another source); images repeating the data's are dropped
-    extra_labels: dict[str, str] = field(default_factory=dict)  # extra_train folder -> class of the data; folders
-    #   named like a class need no entry, the others are left out
+    extra_train: Optional[str] = None  # another data set (folder per class or HAM10000) whose images join training
+    #   only, never validation or test (more melanomas from another source); what repeats the data's is dropped
+    extra_labels: dict[str, str] = field(default_factory=dict)  # extra_train class -> class of the data; classes
+    #   named like one of the data's need no entry, the others are left out
     lesion_ids: Optional[str] = None  # CSV of image_id,lesion_id grouping a folder-per-class set's images by lesion
     val_fraction: float = 0.15  # share of lesions held out for validation (grouped by lesion_id)
     test_fraction: float = 0.15  # share of lesions held out as the test split, never used in training or tuning
@@ -80,7 +80,7 @@ class TrainConfig:
         if not 0 <= self.qat_distill <= 1:
             raise ValueError("qat_distill must be between 0 (labels only) and 1 (the float model only)")
         if self.extra_labels and not self.extra_train:
-            raise ValueError("extra_labels name folders of extra_train, which is not set")
+            raise ValueError("extra_labels name classes of extra_train, which is not set")
         if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5) and test_fraction in [0, 0.5)")
 

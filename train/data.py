@@ -270,47 +270,51 @@ def list_samples(root: os.PathLike | str, lesion_ids: os.PathLike | str | None =
 
 def extra_samples(root: os.PathLike | str, label_map: Mapping[str, str], classes: Sequence[str],
                   main: Sequence[Sample]) -> list[Sample]:
-    """Training-only images from a second folder-per-class set, under this run's class names (`--extra-train`).
+    """Training-only images from another data set, under this run's class names (`--extra-train`).
 
-    A folder maps through `label_map` (folder -> class); one already named like a class needs no entry; the others
-    are left out. Images that repeat the main data's (the same file name, as ISIC ids are, or the same lesion) are
-    dropped: they could be copies of a validation or test image."""
+    `root` is a folder per class or a HAM10000 folder. Its classes (folder names or dx codes) map through
+    `label_map` (class there -> class here); one already named like a class here needs no entry; the others are
+    left out. A lesion (or image) of which any image repeats the main data's (the same file name, as ISIC ids are,
+    or the same lesion id) is dropped whole: it could be a validation or test lesion."""
     root = Path(root)
-    if not root.is_dir() or detect_layout(root) != "folders":
-        raise DataError(f"{root}: not a folder of class folders (--extra-train)")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (--extra-train)")
+    layout = detect_layout(root)
     unknown = sorted(set(label_map.values()) - set(classes))
     if unknown:
         raise DataError(f"--extra-label: {', '.join(unknown)} not among the classes of the data ({', '.join(classes)})")
     try:
-        samples = _folder_samples(root)
+        samples = _ham_samples(root) if layout == "ham10000" else _folder_samples(root)
     except OSError as exc:
         raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror})") from None
-    folders = sorted({s.label for s in samples})
-    absent = sorted(set(label_map) - set(folders))
+    theirs = sorted({s.label for s in samples})
+    absent = sorted(set(label_map) - set(theirs))
     if absent:
-        raise DataError(f"{root}: no folder of images named {', '.join(map(repr, absent))} (--extra-label)")
-    target = {f: label_map.get(f, f if f in classes else None) for f in folders}
+        raise DataError(f"{root}: has no class {', '.join(map(repr, absent))} (--extra-label); its classes: "
+                        f"{', '.join(theirs)}")
+    target = {c: label_map.get(c, c if c in classes else None) for c in theirs}
     stems, groups = {Path(s.path).stem for s in main}, {s.group for s in main}
+    repeated = {s.group for s in samples if Path(s.path).stem in stems or s.group in groups}
     mapped = [Sample(s.path, target[s.label], s.group) for s in samples if target[s.label]]
-    fresh = [s for s in mapped if Path(s.path).stem not in stems and s.group not in groups]
-    # a group here is an image and its byte-identical copies: one copy is enough, and copies filed under folders
-    # that map apart, or under a folder left out, are labels the set itself disputes (it files 75 melanomas again
-    # as seborrheic keratosis): they teach nothing but noise
+    fresh = [s for s in mapped if s.group not in repeated]
+    # copies filed under classes that map apart, or under one left out, are labels the set itself disputes (the
+    # ISIC set files 75 melanomas again as seborrheic keratosis): they teach nothing but noise
     labels: dict[str, set[tuple[str, str]]] = {}
     for s in samples:
-        labels.setdefault(s.group, set()).add(("class", target[s.label]) if target[s.label] else ("folder", s.label))
+        labels.setdefault(s.group, set()).add(("class", target[s.label]) if target[s.label] else ("other", s.label))
     kept, seen = [], set()
     for s in fresh:
-        if len(labels[s.group]) == 1 and s.group not in seen:
+        # in a folder per class a group is an image and its byte-identical copies: one copy is enough
+        if len(labels[s.group]) == 1 and (layout == "ham10000" or s.group not in seen):
             kept.append(s)
             seen.add(s.group)
     disputed = sum(1 for s in fresh if len(labels[s.group]) > 1)
-    log.info("%s: %d training-only images %s; dropped: %d repeating the main data, %d whose copies are filed "
-             "under another class, %d duplicate copies; folders left out: %s", root, len(kept),
+    log.info("%s: %d training-only images %s; dropped: %d of lesions or images the data holds, %d whose copies are "
+             "filed under another class, %d duplicate copies; classes left out: %s", root, len(kept),
              dict(Counter(s.label for s in kept)), len(mapped) - len(fresh), disputed,
-             len(fresh) - disputed - len(kept), ", ".join(f for f in folders if not target[f]) or "none")
+             len(fresh) - disputed - len(kept), ", ".join(c for c in theirs if not target[c]) or "none")
     if not kept:
-        raise DataError(f"{root}: no images to add (every mapped image repeats the main data's, or no folder maps)")
+        raise DataError(f"{root}: no images to add (every mapped image repeats the data's, or no class maps)")
     return kept
 
 
