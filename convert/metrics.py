@@ -51,14 +51,16 @@ def proportion_ci(successes: int, trials: int, confidence: float = 0.95) -> tupl
 def bootstrap_balanced_accuracy(
     y_true: np.ndarray, preds: Mapping[str, np.ndarray], groups: Sequence[str],
     pairs: Sequence[tuple[str, str]] = (), resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+    unit: str = "lesion",
 ) -> dict[str, Any]:
     """Confidence intervals of each model's balanced accuracy and of differences between models (`pairs`: (a, b)
     for a minus b), from `resamples` bootstrap draws of the groups (lesions) with replacement. A lesion's images
     are not independent evidence, so they are drawn together; every model is scored on the same draws, so the
-    differences are paired. Percentile intervals; a class absent from a draw is left out of its mean."""
+    differences are paired. Percentile intervals; a class absent from a draw is left out of its mean. `unit` names
+    what a group is ("lesion", or "image" where no lesion ids group them), for the record."""
     y = np.asarray(y_true)
     if len(y) == 0:
-        return {"resamples": 0, "confidence": confidence, "unit": "lesion",
+        return {"resamples": 0, "confidence": confidence, "unit": unit,
                 "balanced_accuracy": {name: [None, None] for name in preds},
                 "differences": {f"{a} - {b}": [None, None] for a, b in pairs}}
     _, group_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
@@ -78,7 +80,7 @@ def bootstrap_balanced_accuracy(
     def interval(values: np.ndarray) -> list[Optional[float]]:
         return [_clean(np.percentile(values, tail)), _clean(np.percentile(values, 100 - tail))]
 
-    return {"resamples": resamples, "confidence": confidence, "unit": "lesion",
+    return {"resamples": resamples, "confidence": confidence, "unit": unit,
             "balanced_accuracy": {name: interval(v) for name, v in scores.items()},
             "differences": {f"{a} - {b}": interval(scores[a] - scores[b]) for a, b in pairs}}
 

@@ -229,6 +229,12 @@ def test_card_gives_balanced_accuracy_intervals_and_paired_differences(tmp_path)
     assert "the 95 % interval from 1000 bootstrap draws of the test lesions" in card
     assert "int8 against float: balanced accuracy -0.5 points (95 % CI -2.1 to +1.1)" in card
     assert "QAT's int8 model against the PTQ baseline: balanced accuracy +10.5 points (95 % CI +6.2 to +14.8)." in card
+    metrics["bootstrap"]["unit"] = "image"  # a folder per class without lesion ids: images are drawn one by one
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    assert CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)]).exit_code == 0
+    card = (bundle / "README.md").read_text()
+    assert ("1000 bootstrap draws of the test images (an image's byte-identical copies drawn together)." in card
+            and "test lesions" not in card)
 
 
 def test_card_without_intervals_reads_as_before(tmp_path):

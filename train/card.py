@@ -203,9 +203,10 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
         for v in order]))
     if any(v.get("balanced_accuracy_ci") for v in variants.values()):
         boot = metrics.get("bootstrap", {})
+        drawn = ("the test images (an image's byte-identical copies drawn together)" if boot.get("unit") == "image"
+                 else "the test lesions (a lesion's images drawn together)")
         parts.append(f"Balanced accuracy in brackets: the {100 * boot.get('confidence', 0.95):.0f} % interval from "
-                     f"{boot.get('resamples', 'bootstrap')} bootstrap draws of the test lesions (a lesion's images "
-                     "drawn together).")
+                     f"{boot.get('resamples', 'bootstrap')} bootstrap draws of {drawn}.")
     differences = metrics.get("bootstrap", {}).get("differences", {})
     if "int8" in variants and "float" in variants:
         def gap(v: str, ref: str = "float", agreement: bool = True) -> str:

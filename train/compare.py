@@ -82,8 +82,9 @@ def _tflite_variant(name: str, description: str, clf: ImageClassifier, x: np.nda
 
 
 def _select(data: Optional[str], run: Optional[RunDir], split: Optional[str], limit: Optional[int],
-            seed: int) -> tuple[list[D.Sample], str]:
-    """The labelled images to evaluate and a description of where they came from."""
+            seed: int) -> tuple[list[D.Sample], str, str]:
+    """The labelled images to evaluate, a description of where they came from, and what their groups are: "lesion"
+    where lesion ids group them, else "image" (an image and its byte-identical copies)."""
     same_data = run is not None and (data is None or Path(data).resolve() == Path(run.config["data"]).resolve())
     if same_data:
         name = split or ("test" if run.splits.get("test") else "val")
@@ -92,6 +93,7 @@ def _select(data: Optional[str], run: Optional[RunDir], split: Optional[str], li
         if not samples:
             raise CompareError(f"{run.path}: the run's {name} split is empty")
         where = f"{run.config['data']}, the run's {name} split ({len(samples)} images, lesion-disjoint from training)"
+        by_lesion = bool(run.config.get("lesion_ids")) or run.config.get("extra", {}).get("layout") == "ham10000"
     else:
         if data is None:
             raise CompareError("give DATA (labelled images) when comparing a bundle without its run")
@@ -100,10 +102,11 @@ def _select(data: Optional[str], run: Optional[RunDir], split: Optional[str], li
         except D.DataError as exc:
             raise CompareError(str(exc)) from None
         where = f"{data} ({layout} layout, all {len(samples)} images)"
+        by_lesion = layout == "ham10000"
     if limit:
         samples = D.limit_samples(samples, limit, seed)
         where += f", limited to {len(samples)}"
-    return samples, where
+    return samples, where, "lesion" if by_lesion else "image"
 
 
 def _table(variants: Sequence[Variant], metrics: dict[str, dict[str, Any]]) -> str:
@@ -129,7 +132,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
             raise CompareError(f"{bundle}: its labels {clf.labels} differ from the run's {classes}")
     else:
         classes, size = clf.labels, clf.input_size
-    samples, where = _select(data, run, split, limit, run.config.get("seed", 0) if run else 0)
+    samples, where, unit = _select(data, run, split, limit, run.config.get("seed", 0) if run else 0)
     source = data or run.config["data"]
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
@@ -173,7 +176,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     if {"int8", "ptq_int8"} <= set(names):
         pairs.append(("int8", "ptq_int8"))  # does QAT earn its place over post-training quantization?
     boot = bootstrap_balanced_accuracy(y, {v.name: v.probs.argmax(1) for v in variants}, [s.group for s in kept],
-                                       pairs)
+                                       pairs, unit=unit)
     for name, interval in boot["balanced_accuracy"].items():
         metrics[name]["balanced_accuracy_ci"] = interval
     table = _table(variants, metrics)
