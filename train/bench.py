@@ -99,6 +99,11 @@ def pipeline_block(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: i
     return lambda: sum(int(next(it)[0].shape[0]) for _ in range(batches))
 
 
+
+def _trainable(model) -> int:
+    """Trainable parameters: what a training step updates."""
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
 def pipeline_rate(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, batches: int) -> float:
     """Images/s the augmented training pipeline delivers, consumed by nothing."""
     return _rate(pipeline_block(x, y, num_classes, batch_size, batches), repeats=2)
@@ -179,8 +184,7 @@ def benchmark(data: str, arch: str = "mobilenetv2", img_size: int = 128, batch_s
     qat = quantize_model(model)
     set_phase(qat, "qat", arch, finetune_from=0.6)
     calibrate_qat_ranges(qat, x[:128])
-    count = lambda m: int(sum(np.prod(v.shape) for v in m.trainable_variables))
-    out["float_trainable_params"], out["qat_trainable_params"] = count(model), count(qat)
+    out["float_trainable_params"], out["qat_trainable_params"] = _trainable(model), _trainable(qat)
     blocks = {
         # more batches than steps: the prefetch buffer, full when a block starts, must not count for much
         "pipeline_img_s": pipeline_block(x, y, n, batch_size, batches=max(8, 3 * steps)),
@@ -192,7 +196,7 @@ def benchmark(data: str, arch: str = "mobilenetv2", img_size: int = 128, batch_s
         set_phase(fixed, "qat", arch, finetune_from=0.6)
         calibrate_qat_ranges(fixed, x[:128])
         honour_frozen(fixed)
-        out["qat_frozen_fix_trainable_params"] = count(fixed)
+        out["qat_frozen_fix_trainable_params"] = _trainable(fixed)
         blocks["qat_frozen_fix_step_img_s"] = step_block(fixed, x, y, n, batch_size, steps)
     cpu: dict[str, float] = {}
     out.update({k: round(v, 1) for k, v in interleaved_rates(blocks, rounds=rounds, cpu=cpu).items()})
