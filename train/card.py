@@ -288,11 +288,10 @@ def _extra_train(data: dict[str, Any]) -> str:
     extra = data.get("extra_train")
     if not extra:
         return ""
-    mapped = ", ".join(f"{folder} as {label}" for folder, label in extra.get("labels", {}).items())
+    mapped = ", ".join(f"{theirs} as {ours}" for theirs, ours in extra.get("labels", {}).items())
     n = sum(data.get("split_counts", {}).get("extra", {}).values())
-    return (f" Training also used {n} images of `{extra.get('source')}` (the `extra` row; "
-            f"{'folders ' + mapped if mapped else 'folders named like a class'}), in training only; "
-            "its images that repeat this data's were left out.")
+    return (f" The `extra` row: {n} images of `{extra.get('source')}` ({mapped or 'classes named like ours'}), "
+            "in training only.")
 
 
 def _train_time(seconds: Optional[float], float_seconds: Optional[float]) -> str:
