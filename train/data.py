@@ -293,8 +293,7 @@ def extra_samples(root: os.PathLike | str, label_map: Mapping[str, str], classes
         raise DataError(f"{root}: has no class {', '.join(map(repr, absent))} (--extra-label); its classes: "
                         f"{', '.join(theirs)}")
     target = {c: label_map.get(c, c if c in classes else None) for c in theirs}
-    stems, groups = {Path(s.path).stem for s in main}, {s.group for s in main}
-    repeated = {s.group for s in samples if Path(s.path).stem in stems or s.group in groups}
+    repeated = seen_groups(samples, main)
     mapped = [Sample(s.path, target[s.label], s.group) for s in samples if target[s.label]]
     fresh = [s for s in mapped if s.group not in repeated]
     # copies filed under classes that map apart, or under one left out, are labels the set itself disputes (the
@@ -362,8 +361,9 @@ def _group_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple
 
 def seen_groups(samples: Sequence[Sample], seen: Sequence[Sample]) -> set[str]:
     """The groups of `samples` that share a lesion or an image with `seen` (what another run trained or validated
-    on), matched by group name (HAM10000 lesion ids in both) or file name (ISIC ids name the same image in the ISIC
-    sets and HAM10000). A model started from that run has seen these lesions: they must not test it."""
+    on, or the data an --extra-train set is added to), matched by group name (HAM10000 lesion ids in both) or file
+    name (ISIC ids name the same image in the ISIC sets and HAM10000). A model started from that run has seen these
+    lesions: they must not test it."""
     groups = {s.group for s in seen}
     stems = {Path(s.path).stem for s in seen}
     return {s.group for s in samples if s.group in groups or Path(s.path).stem in stems}
