@@ -49,11 +49,17 @@ def _setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     return bundle, report, run
 
 
+def _card(bundle: Path, report: Path, run: Path | None = None, *options: str) -> str:
+    """Run `skinedge card` (exit 0 required) and return the card it wrote."""
+    args = ["card", str(bundle), "--report", str(report), *(["--run", str(run)] if run else []), *options]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return (bundle / "README.md").read_text()
+
+
 def test_card_holds_the_recorded_figures_and_commands(tmp_path):
     bundle, report, run = _setup(tmp_path)
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     assert "skinedge train DATA --out run --epochs 6" in card
     assert f"skinedge convert {run} --out {bundle} --flag-sensitivity 0.95" in card  # rebuilt from model.json
     assert "| int8 TFLite (shipped) | 80.5 % |" in card and "| PTQ int8 baseline | 70.0 % |" in card
@@ -71,9 +77,7 @@ def test_card_says_whether_the_weight_average_was_kept(tmp_path):
     (bundle / "model.json").write_text(json.dumps(meta))
     swa = {"epochs": 4, "best_single_epoch": 0.676, "val_balanced_accuracy": 0.691, "kept": True}
     (run / "summary.json").write_text(json.dumps({"train_seconds": 1800, "phases": {"finetune": {"swa": swa}}}))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     assert "last 4 fine-tuning epochs averaged (SWA)" in card and "0.691 against 0.676" in card
     assert "the average was kept" in card
     assert "mixup 0.4 (float phases)" in card
@@ -94,9 +98,7 @@ def test_card_of_a_pretrained_run_lists_the_runs_it_builds_on_first(tmp_path, re
     meta = json.loads((bundle / "model.json").read_text())
     meta["training"]["config"]["init_from"] = str(ham)
     (bundle / "model.json").write_text(json.dumps(meta))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     order = (["skinedge train ISIC --out isic", "skinedge train HAM --leave-out isic"] if readable
              else [f"# first: the run {ham} (its config.json is unreadable here)"])
     order.append("skinedge train DATA --out run --epochs 6")
@@ -108,9 +110,7 @@ def test_card_of_a_pretrained_run_lists_the_runs_it_builds_on_first(tmp_path, re
 def test_card_hardware_option_fills_what_the_run_did_not_record(tmp_path):
     bundle, report, run = _setup(tmp_path)
     (run / "summary.json").write_text(json.dumps({"train_seconds": 60}))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run),
-                                       "--hardware", "Xeon, 2 cores"])
-    assert result.exit_code == 0 and "| hardware | Xeon, 2 cores |" in (bundle / "README.md").read_text()
+    assert "| hardware | Xeon, 2 cores |" in _card(bundle, report, run, "--hardware", "Xeon, 2 cores")
 
 
 @pytest.mark.parametrize("finetune_rows, present, absent", [
@@ -124,9 +124,7 @@ def test_card_reads_epochs_run_from_the_history(tmp_path, finetune_rows, present
     (run / "history").mkdir()
     (run / "history" / "finetune.csv").write_text("epoch,val_balanced_accuracy\n" + finetune_rows)
     (run / "history" / "qat.csv").write_text("epoch,val_balanced_accuracy\n0,0.6\n1,0.61\n")
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    card = (bundle / "README.md").read_text()
-    assert result.exit_code == 0, result.output
+    card = _card(bundle, report, run)
     assert present in card and "QAT 2 epochs (lr/100)" in card
     assert absent is None or absent not in card
 
@@ -155,9 +153,7 @@ def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_pat
     meta["training"]["config"].update(float_from=str(source), qat_distill=0.75, settle_epochs=2, extra={
         "command": f"skinedge train DATA --out run --float-from {source} --qat-distill 0.75"})
     (bundle / "model.json").write_text(json.dumps(meta))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     first, second = card.index("skinedge train DATA --out float-run"), card.index("--float-from")
     assert first < second
     assert f"targets 0.75 float model + 0.25 labels, from the float model of {source}" in card
@@ -180,9 +176,7 @@ def test_card_words_the_flag_and_its_convert_option(tmp_path, flag, words, optio
         metrics = json.loads((report / "metrics.json").read_text())
         metrics["variants"]["int8"]["melanoma"]["flag"]["roc_auc"] = 0.81
         (report / "metrics.json").write_text(json.dumps(metrics))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     assert f"`flag` is true when {words}" in card
     assert ("ROC-AUC of the flag's score" in card) is ("class_frequencies" in flag)
     assert f"skinedge convert {run} --out {bundle} --flag-sensitivity 0.95{option}\n" in card
@@ -206,9 +200,7 @@ def test_card_gives_the_flag_rates_with_their_confidence_intervals(tmp_path):
     int8["n"], int8["per_class"]["mel"]["support"] = 24, 8  # test sensitivity 0.875 = 7/8, specificity 13/16
     int8["melanoma"]["flag"]["specificity"] = 0.8125
     (report / "metrics.json").write_text(json.dumps(metrics))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     for rate, k, n in ((0.9, 9, 10), (0.8, 16, 20), (0.875, 7, 8), (0.8125, 13, 16)):
         lo, hi = _wilson(k, n)
         assert f"{100 * rate:.1f} % (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %, {n} images)" in card
@@ -222,26 +214,21 @@ def test_card_gives_balanced_accuracy_intervals_and_paired_differences(tmp_path)
     metrics["bootstrap"] = {"resamples": 1000, "confidence": 0.95, "unit": "lesion", "differences": {
         "int8 - float": [-0.021, 0.011], "ptq_int8 - float": [-0.15, -0.07], "int8 - ptq_int8": [0.062, 0.148]}}
     (report / "metrics.json").write_text(json.dumps(metrics))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     assert "| int8 TFLite (shipped) | 80.5 % (77.5–83.5) |" in card
     assert "the 95 % interval from 1000 bootstrap draws of the test lesions" in card
     assert "int8 against float: balanced accuracy -0.5 points (95 % CI -2.1 to +1.1)" in card
     assert "QAT's int8 model against the PTQ baseline: balanced accuracy +10.5 points (95 % CI +6.2 to +14.8)." in card
     metrics["bootstrap"]["unit"] = "image"  # a folder per class without lesion ids: images are drawn one by one
     (report / "metrics.json").write_text(json.dumps(metrics))
-    assert CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)]).exit_code == 0
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     assert ("1000 bootstrap draws of the test images (an image's byte-identical copies drawn together)." in card
             and "test lesions" not in card)
 
 
 def test_card_without_intervals_reads_as_before(tmp_path):
     bundle, report, run = _setup(tmp_path)
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     assert "| int8 TFLite (shipped) | 80.5 % |" in card and "bootstrap" not in card
     assert "int8 against float: balanced accuracy -0.5 points, top-1 agreement 99.5 %." in card
 
@@ -252,12 +239,9 @@ def test_card_names_training_only_images_from_another_data_set(tmp_path):
     meta["data"]["split_counts"]["extra"] = {"mel": 362, "nv": 280}
     meta["data"]["extra_train"] = {"source": "ISIC/Train", "labels": {"melanoma": "mel", "nevus": "nv"}}
     (bundle / "model.json").write_text(json.dumps(meta))
-    result = CliRunner().invoke(main, ["card", str(bundle), "--report", str(report), "--run", str(run)])
-    assert result.exit_code == 0, result.output
-    card = (bundle / "README.md").read_text()
+    card = _card(bundle, report, run)
     assert "The `extra` row: 642 images of `ISIC/Train` (melanoma as mel, nevus as nv), in training only." in card
     assert "| extra | 362 | 280 | 642 |" in card
     _, report2, _ = _setup(tmp_path / "plain")
     plain = tmp_path / "plain" / "models" / "demo"
-    assert CliRunner().invoke(main, ["card", str(plain), "--report", str(report2)]).exit_code == 0
-    assert "`extra` row" not in (plain / "README.md").read_text()
+    assert "`extra` row" not in _card(plain, report2)
