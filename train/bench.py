@@ -99,10 +99,10 @@ def pipeline_block(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: i
     return lambda: sum(int(next(it)[0].shape[0]) for _ in range(batches))
 
 
-
 def _trainable(model) -> int:
     """Trainable parameters: what a training step updates."""
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
 
 def pipeline_rate(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, batches: int) -> float:
     """Images/s the augmented training pipeline delivers, consumed by nothing."""

@@ -34,6 +34,7 @@ from .config import FLOAT_FROM_CHOICES, TrainConfig
 
 log = logging.getLogger(__name__)
 
+
 class WarmStartError(ValueError):
     """A source run that cannot be started from; the message names it and why."""
 
