@@ -151,7 +151,7 @@ def group_by_lesion(samples: Sequence[Sample], lesion_ids: dict[str, str], sourc
     return out
 
 
-def _folder_samples(root: Path, lesion_ids: dict[str, str] | None = None) -> list[Sample]:
+def _folder_samples(root: Path, lesion_ids: dict[str, str] | None = None, report_copies: bool = True) -> list[Sample]:
     samples: list[Sample] = []
     unreadable: list[str] = []
 
@@ -179,7 +179,7 @@ def _folder_samples(root: Path, lesion_ids: dict[str, str] | None = None) -> lis
         log.warning("cannot read %s; the images in it are left out", entry)
     if lesion_ids is not None:
         samples = group_by_lesion(samples, lesion_ids, str(root))
-    return group_copies(samples, root)
+    return group_copies(samples, root, report=report_copies)
 
 
 def _digest(path: str) -> str | None:
@@ -193,12 +193,13 @@ def _digest(path: str) -> str | None:
         return None  # reported when the image is decoded
 
 
-def group_copies(samples: Sequence[Sample], root: os.PathLike | str = "") -> list[Sample]:
+def group_copies(samples: Sequence[Sample], root: os.PathLike | str = "", report: bool = True) -> list[Sample]:
     """Byte-identical images share one group (with every image of their groups), so no split separates them.
 
     Only files whose size another file shares are hashed: a folder of distinct images costs one stat each. Copies
     under two different labels (the ISIC 9-class set files 127 images twice, e.g. as melanoma and as seborrheic
-    keratosis) are kept and logged: which label is right is the data set's question, not ours.
+    keratosis) are kept and logged: which label is right is the data set's question, not ours. `report=False`
+    leaves the logging to the caller (`extra_samples`, which drops such copies rather than split them).
     """
     by_size: dict[int, list[int]] = {}
     for i, s in enumerate(samples):
@@ -232,10 +233,10 @@ def group_copies(samples: Sequence[Sample], root: os.PathLike | str = "") -> lis
             conflicting.append(idx)
     out = [Sample(s.path, s.label, root_of(s.group)) for s in samples]
     n_copies = sum(len(v) for v in copies.values() if len(v) > 1)
-    if n_copies:
+    if n_copies and report:
         log.warning("%s: %d images are byte-identical copies of another (%d sets); each set is kept together in "
                     "one split", root, n_copies, sum(1 for v in copies.values() if len(v) > 1))
-    if conflicting:
+    if conflicting and report:
         pairs = Counter(" / ".join(sorted({samples[i].label for i in idx})) for idx in conflicting)
         log.warning("%s: %d images are each filed under two or more classes (%s); every copy keeps its label",
                     root, len(conflicting), ", ".join(f"{k}: {v}" for k, v in pairs.most_common()))
@@ -284,7 +285,7 @@ def extra_samples(root: os.PathLike | str, label_map: Mapping[str, str], classes
     if unknown:
         raise DataError(f"--extra-label: {', '.join(unknown)} not among the classes of the data ({', '.join(classes)})")
     try:
-        samples = _ham_samples(root) if layout == "ham10000" else _folder_samples(root)
+        samples = _ham_samples(root) if layout == "ham10000" else _folder_samples(root, report_copies=False)
     except OSError as exc:
         raise DataError(f"{exc.filename or root}: cannot read ({exc.strerror})") from None
     theirs = sorted({s.label for s in samples})
