@@ -10,6 +10,7 @@ import csv
 import hashlib
 import html
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -233,29 +234,38 @@ def test_cnn_on_ham10000_end_to_end(tmp_path: Path):
     assert json.loads(out)["label"] in meta["labels"]
 
 
-def test_extra_train_images_join_training_only_and_the_flag_keeps_the_data_frequencies(tmp_path: Path):
+def test_extra_train_images_join_training_only_and_the_flag_keeps_the_data_frequencies(tmp_path: Path, caplog):
     """HAM10000 with the ISIC set's melanomas and nevi added to training (--extra-train): validation and test are
-    the split the data alone gives, no added image is a HAM10000 image, and the bundle records the added images
-    while its flag reads P(mel) at the frequencies of HAM10000's own training split."""
+    the split the data alone gives, no added image is a HAM10000 image, --limit takes the same share of the added
+    images as of the data's, and the bundle records the added images while its flag reads P(mel) at the
+    frequencies of HAM10000's own training split."""
     from skinedge.convert.rundir import RunDir
     from skinedge.train import data as D
 
     ham, isic = shared_path("data", "ham10000"), shared_path("data", "isic9", "Train")
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    _cli("train", str(ham), "--out", str(run), "--arch", "cnn", "--img-size", "32", "--epochs", "1",
-         "--qat-epochs", "1", "--limit", "250", "--extra-train", str(isic), "--extra-label", "melanoma=mel",
-         "--extra-label", "nevus=nv")
+    with caplog.at_level(logging.INFO, logger="skinedge.train.fit"):
+        _cli("train", str(ham), "--out", str(run), "--arch", "cnn", "--img-size", "32", "--epochs", "1",
+             "--qat-epochs", "1", "--limit", "250", "--extra-train", str(isic), "--extra-label", "melanoma=mel",
+             "--extra-label", "nevus=nv")
     splits = RunDir.open(run).splits
-    samples, _, _ = D.list_samples(ham)
+    samples, classes, _ = D.list_samples(ham)
     alone = D.split_samples(D.limit_samples(samples, 250, 42), 0.15, 0.15, 42)
     for name in ("train", "val", "test"):
         assert [s.path for s in splits[name]] == [s.path for s in alone[name]], name
-    assert D.class_counts(splits["extra"]) == {"mel": 362, "nv": 280}
-    assert not {Path(s.path).stem for s in splits["extra"]} & {Path(s.path).stem for s in samples}
+    added = D.extra_samples(isic, {"melanoma": "mel", "nevus": "nv"}, classes, samples)
+    assert D.class_counts(added) == {"mel": 362, "nv": 280}
+    assert splits["extra"] == D.limit_samples(added, round(250 / len(samples) * len(added)), 42)
+    assert D.class_counts(splits["extra"]) == {"mel": 11, "nv": 8}
+    assert not {Path(s.path).stem for s in added} & {Path(s.path).stem for s in samples}
+    # a folder per class names no lesions: the log counts its images alone, and HAM10000's lesions
+    lines = [r.getMessage() for r in caplog.records if r.name == "skinedge.train.fit"]
+    assert any(m.startswith("extra: 19 images {") for m in lines), lines
+    assert any(m.startswith("train: ") and " lesions {" in m for m in lines), lines
     _cli("convert", str(run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["data"]["extra_train"] == {"source": str(isic), "labels": {"melanoma": "mel", "nevus": "nv"}}
-    assert meta["data"]["split_counts"]["extra"] == {"mel": 362, "nv": 280}
+    assert meta["data"]["split_counts"]["extra"] == {"mel": 11, "nv": 8}
     assert f"training also on images of {isic}" in meta["data"]["split"]
     train = D.class_counts(splits["train"])
     assert meta["flag"]["class_frequencies"] == pytest.approx(

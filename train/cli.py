@@ -131,7 +131,8 @@ class WeightsChoice(click.ParamType):
 @click.option("--balance", type=click.Choice(["weights", "oversample", "none"]), default="weights",
               show_default=True, help="Class imbalance handling.")
 @click.option("--label-smoothing", type=FiniteFloatRange(0, 0.5), default=0.05, show_default=True)
-@click.option("--limit", type=click.IntRange(min=10), help="Use only N images (stratified) for a quick run.")
+@click.option("--limit", type=click.IntRange(min=10),
+              help="Use only N images (stratified) for a quick run, and the same share of --extra-train's.")
 @click.option("--lesion-ids", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="CSV of image_id,lesion_id (HAM10000_metadata.csv) that groups a folder-per-class DATA's images "
                    "by lesion, so no lesion straddles the splits.")

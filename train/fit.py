@@ -123,7 +123,10 @@ def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]
     if cfg.leave_out:
         samples = left_out(samples, open_run(cfg.leave_out, "--leave-out"))
     if cfg.limit:
+        share = cfg.limit / len(samples)
         samples = D.limit_samples(samples, cfg.limit, cfg.seed)
+        if extra:  # a quick run stays quick with extra images: the same share of them
+            extra = D.limit_samples(extra, max(1, round(share * len(extra))), cfg.seed)
     pinned = pinned_groups(samples, open_source(cfg)) if cfg.init_from else set()
     try:
         splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.seed, pinned=pinned)
@@ -132,6 +135,20 @@ def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]
     if extra:
         splits[D.EXTRA_SPLIT] = extra
     return splits, classes, layout
+
+
+def _by_lesion(cfg: TrainConfig, layout: str, split: str) -> bool:
+    """Whether the groups of `split` are lesions (HAM10000, --lesion-ids) or images with their copies."""
+    if split != D.EXTRA_SPLIT:
+        return layout == "ham10000" or bool(cfg.lesion_ids)
+    try:
+        return bool(cfg.extra_train) and D.detect_layout(Path(cfg.extra_train)) == "ham10000"
+    except D.DataError:
+        return False
+
+
+def _count(items: list[D.Sample], by_lesion: bool) -> str:
+    return f"{len(items)} images, {len({s.group for s in items})} lesions" if by_lesion else f"{len(items)} images"
 
 
 def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict[str, list[D.Sample]], list[str]]:
@@ -182,8 +199,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
     D.save_split(run / D.SPLIT_FILE, splits)
     _write_text(run / "labels.txt", format_labels(classes))
     for name, items in splits.items():
-        log.info("%s: %d images, %d lesions %s", name, len(items), len({s.group for s in items}),
-                 D.class_counts(items))
+        log.info("%s: %s %s", name, _count(items, _by_lesion(cfg, layout, name)), D.class_counts(items))
     return cfg, run, splits, classes
 
 
