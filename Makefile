@@ -1,6 +1,6 @@
 # skinedge: the two set-up commands of the README, and their parts.
 #   make demo   install the workstation environment and run train -> convert -> compare -> card -> classify (minutes)
-#   make test   install both environments and run the tests (device tests in an environment without TensorFlow)
+#   make test   install both environments, check style (ruff) and run the tests (device tests without TensorFlow)
 PYTHON   ?= python3
 VENV     ?= .venv
 DEVVENV  ?= .venv-device
@@ -21,7 +21,7 @@ TRAIN_ARGS ?= --img-size 96 --head-epochs 2 --epochs 2 --qat-epochs 1 --limit 12
 CONVERT_ARGS ?= --min-agreement 0.3
 endif
 
-.PHONY: demo test test-device test-train install clean
+.PHONY: demo test lint test-device test-train install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/skinedge card $(BUNDLE) --report $(REPORT) --run $(RUN)
 	awk -F, '$$1=="test"{print $$2}' $(RUN)/split.csv | head -5 | xargs -d '\n' $(VENV)/bin/skinedge device classify $(BUNDLE)
 
+# Style first (ruff, configured in pyproject.toml): a failure costs seconds rather than a whole test run.
+lint: $(DEVVENV)/.installed
+	$(DEVVENV)/bin/ruff check .
+
 # The device tests run where TensorFlow is not installed at all (SKINEDGE_DEVICE_ONLY=1 makes them check that).
 test-device: $(DEVVENV)/.installed
 	SKINEDGE_DEVICE_ONLY=1 $(DEVVENV)/bin/python -m pytest -m "not train" tests
@@ -52,7 +56,7 @@ test-device: $(DEVVENV)/.installed
 test-train: $(VENV)/.installed
 	SKINEDGE_SHARED=$(abspath $(SHARED)) $(VENV)/bin/python -m pytest -m train tests
 
-test: test-device test-train
+test: lint test-device test-train
 
 clean:
 	rm -rf $(VENV) $(DEVVENV) runs reports models/demo *.egg-info
