@@ -481,3 +481,24 @@ def test_bootstrap_draws_a_lesions_images_together():
     wide = bootstrap_balanced_accuracy(y, {"m": pred}, per_lesion, resamples=500)["balanced_accuracy"]["m"]
     narrow = bootstrap_balanced_accuracy(y, {"m": pred}, per_image, resamples=500)["balanced_accuracy"]["m"]
     assert wide[1] - wide[0] > 1.5 * (narrow[1] - narrow[0])
+
+
+@pytest.mark.parametrize("split, extra, expected", [
+    ("val", [], "the run's val split (1 images, lesion-disjoint from training)"),
+    ("all", [], "the run's train, val and test splits (3 images, training images included: optimistic figures)"),
+    ("all", ["e.jpg"], "splits (not its --extra-train images) (3 images, training images included"),
+])
+def test_compare_says_which_images_it_scored_and_that_all_includes_training(split, extra, expected):
+    """`compare --split all` scores the run's training images too: its description must not call them held out."""
+    from types import SimpleNamespace
+
+    from skinedge.train import data as D
+    from skinedge.train.compare import _select
+
+    splits = {name: [D.Sample(f"{name}.jpg", "mel", f"L_{name}")] for name in ("train", "val", "test")}
+    if extra:
+        splits[D.EXTRA_SPLIT] = [D.Sample(path, "mel", path) for path in extra]
+    run = SimpleNamespace(path=Path("run"), splits=splits, config={"data": "ham", "extra": {"layout": "ham10000"}})
+    samples, where, unit = _select(None, run, split, None, 0)
+    assert expected in where and unit == "lesion"
+    assert [s.path for s in samples] == (["train.jpg", "val.jpg", "test.jpg"] if split == "all" else ["val.jpg"])

@@ -242,7 +242,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
 @click.option("--bundle", type=click.Path(exists=True, path_type=str), help="Bundle folder (int8 TFLite).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Report dir.")
 @click.option("--split", type=click.Choice(["test", "val", "all"]), default=None,
-              help="With --run and DATA the run's data: which split to use (default test). Otherwise all images.")
+              help="With --run and DATA the run's data: which split to use (default test; all: train, val and test, "
+                   "not --extra-train's images). Otherwise all images.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most N images (stratified).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="TFLite threads.")
 def compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: str, split: Optional[str],

@@ -92,7 +92,13 @@ def _select(data: Optional[str], run: Optional[RunDir], split: Optional[str], li
         samples = list(splits["train"] + splits["val"] + splits["test"]) if name == "all" else splits[name]
         if not samples:
             raise CompareError(f"{run.path}: the run's {name} split is empty")
-        where = f"{run.config['data']}, the run's {name} split ({len(samples)} images, lesion-disjoint from training)"
+        if name == "all":  # training images score higher than unseen ones: say so where the figures are read
+            extra = " (not its --extra-train images)" if splits.get(D.EXTRA_SPLIT) else ""
+            where = (f"{run.config['data']}, the run's train, val and test splits{extra} ({len(samples)} images, "
+                     "training images included: optimistic figures)")
+        else:
+            where = (f"{run.config['data']}, the run's {name} split ({len(samples)} images, lesion-disjoint from "
+                     "training)")
         by_lesion = bool(run.config.get("lesion_ids")) or run.config.get("extra", {}).get("layout") == "ham10000"
     else:
         if data is None:
