@@ -114,6 +114,12 @@ def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
     return dict(sorted(Counter(s.label for s in samples).items()))
 
 
+def groups_are_lesions(config: Mapping[str, Any]) -> bool:
+    """Whether a run's train, val and test groups are lesions (HAM10000's metadata, or --lesion-ids) rather than an
+    image with its byte-identical copies."""
+    return bool(config.get("lesion_ids")) or config.get("extra", {}).get("layout") == "ham10000"
+
+
 def _decode(args: tuple[str, tuple[int, int]]) -> np.ndarray | str:
     path, size = args
     try:

@@ -22,7 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from skinedge.convert.metrics import bootstrap_balanced_accuracy, classification_metrics
-from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, read_histories
+from skinedge.convert.rundir import (
+    FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, groups_are_lesions, read_histories,
+)
 from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
@@ -99,7 +101,7 @@ def _select(data: Optional[str], run: Optional[RunDir], split: Optional[str], li
         else:
             where = (f"{run.config['data']}, the run's {name} split ({len(samples)} images, lesion-disjoint from "
                      "training)")
-        by_lesion = bool(run.config.get("lesion_ids")) or run.config.get("extra", {}).get("layout") == "ham10000"
+        by_lesion = groups_are_lesions(run.config)
     else:
         if data is None:
             raise CompareError("give DATA (labelled images) when comparing a bundle without its run")

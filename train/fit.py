@@ -35,7 +35,9 @@ from skinedge.convert.model import (
     quantize_model,
     set_phase,
 )
-from skinedge.convert.rundir import FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, cache_dir, read_history
+from skinedge.convert.rundir import (
+    FLOAT_WEIGHTS, QAT_WEIGHTS, RunDir, RunDirError, cache_dir, groups_are_lesions, read_history,
+)
 from skinedge.convert.tfcompat import keras, tf
 from skinedge.device.atomic import copy_file, replaced_file
 from skinedge.device.labels import format_labels
@@ -137,10 +139,10 @@ def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]
     return splits, classes, layout
 
 
-def _by_lesion(cfg: TrainConfig, layout: str, split: str) -> bool:
+def _by_lesion(cfg: TrainConfig, split: str) -> bool:
     """Whether the groups of `split` are lesions (HAM10000, --lesion-ids) or images with their copies."""
     if split != D.EXTRA_SPLIT:
-        return layout == "ham10000" or bool(cfg.lesion_ids)
+        return groups_are_lesions(cfg.to_dict())
     try:
         return bool(cfg.extra_train) and D.detect_layout(Path(cfg.extra_train)) == "ham10000"
     except D.DataError:
@@ -199,7 +201,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
     D.save_split(run / D.SPLIT_FILE, splits)
     _write_text(run / "labels.txt", format_labels(classes))
     for name, items in splits.items():
-        log.info("%s: %s %s", name, _count(items, _by_lesion(cfg, layout, name)), D.class_counts(items))
+        log.info("%s: %s %s", name, _count(items, _by_lesion(cfg, name)), D.class_counts(items))
     return cfg, run, splits, classes
 
 
