@@ -315,8 +315,8 @@ def test_float_from_runs_qat_alone_on_the_float_model_and_split_of_another_run(m
     assert adopted.read_bytes() == (mobilenet_run / "float.weights.h5").read_bytes()
     ours, theirs = (json.loads((r / "config.json").read_text()) for r in (run, mobilenet_run))
     assert ours["float_from"] == str(mobilenet_run) and ours["qat_distill"] == 1.0 and ours["qat_epochs"] == 1
-    assert {k: ours[k] for k in ("img_size", "limit", "seed", "batch_size", "lr")} == \
-        {k: theirs[k] for k in ("img_size", "limit", "seed", "batch_size", "lr")}
+    assert {k: ours[k] for k in ("img_size", "limit", "seed", "split_seed", "batch_size", "lr")} == \
+        {k: theirs[k] for k in ("img_size", "limit", "seed", "split_seed", "batch_size", "lr")}
     state = json.loads((run / "state.json").read_text())
     assert state["phases"]["finetune"]["from"] == str(mobilenet_run) and state["phases"]["qat"]["done"]
     # settling is kept only if it scores at least as well on validation; the float model is whichever won

@@ -78,7 +78,8 @@ def colour_data(tmp_path) -> Path:
 @pytest.mark.parametrize("option", [
     ["--lr", "0"], ["--lr", "-0.1"], ["--lr", "nan"], ["--lr", "inf"], ["--limit", "0"], ["--limit", "-5"],
     ["--qat-epochs", "-1"], ["--head-epochs", "-2"], ["--img-size", "31"], ["--img-size", "100000"],
-    ["--seed", "-1"], ["--val-fraction", "0"], ["--val-fraction", "0.5"], ["--test-fraction", "nan"],
+    ["--seed", "-1"], ["--split-seed", "x"], ["--val-fraction", "0"], ["--val-fraction", "0.5"],
+    ["--test-fraction", "nan"],
     ["--test-fraction", "-0.1"], ["--label-smoothing", "0.9"], ["--label-smoothing", "nan"], ["--patience", "0"],
     ["--batch-size", "-3"], ["--alpha", "2"], ["--balance", "magic"], ["--epochs", "ten"],
     ["--finetune-from", "1.5"], ["--finetune-from", "nan"],

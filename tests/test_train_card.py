@@ -83,6 +83,17 @@ def test_card_says_whether_the_weight_average_was_kept(tmp_path):
     assert "mixup 0.4 (float phases)" in card
 
 
+@pytest.mark.parametrize("seeds, words", [({"seed": 7, "split_seed": 42}, "seed 7 (split seed 42)"),
+                                           ({"seed": 7, "split_seed": 7}, "seed 7 |"), ({"seed": 7}, "seed 7 |")])
+def test_card_names_the_split_seed_only_where_it_is_not_the_seed(tmp_path, seeds, words):
+    bundle, report, run = _setup(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["training"]["config"].update(seeds)
+    (bundle / "model.json").write_text(json.dumps(meta))
+    card = _card(bundle, report, run)
+    assert words in card and ("split seed" in card) is (seeds.get("split_seed", 7) != 7)
+
+
 @pytest.mark.parametrize("readable", [True, False])
 def test_card_of_a_pretrained_run_lists_the_runs_it_builds_on_first(tmp_path, readable):
     """ISIC split -> HAM10000 leaving out its val/test lesions -> ISIC started from that: all three commands, in

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from pathlib import Path
@@ -378,3 +379,43 @@ def test_isic_melanomas_for_ham10000_leave_out_every_ham10000_image():
     assert not ham_ids & {Path(s.path).stem for s in extra}
     assert D.class_counts(extra) == {"bkl": 2, "mel": 362, "nv": 280}
     assert len({s.group for s in extra}) == len(extra)
+
+
+def test_split_seed_fixes_the_split_and_the_limit_sample_whatever_the_seed(tmp_path):
+    """--split-seed alone decides which lesions land where (and which images --limit keeps): runs with other
+    --seed values train on the very same split; without it the split follows --seed, as before, stored resolved."""
+    from skinedge.train.config import TrainConfig
+    from skinedge.train.fit import prepare_run
+
+    data = str(shared_path("data", "ham10000"))
+
+    def split(name: str, **seeds: int) -> dict:
+        cfg = TrainConfig(data=data, out=str(tmp_path / name), limit=300, **seeds)
+        _, _, splits, _ = prepare_run(cfg, resume=False)
+        assert TrainConfig.load(tmp_path / name / "config.json").split_seed == seeds.get("split_seed", seeds["seed"])
+        return splits
+
+    same = split("seed5", seed=5)
+    assert split("seed1-split5", seed=1, split_seed=5) == same
+    assert (tmp_path / "seed1-split5" / "split.csv").read_bytes() == (tmp_path / "seed5" / "split.csv").read_bytes()
+    assert split("seed1", seed=1) != same  # the seed still moves the split of a run that sets no split seed
+
+
+def test_float_from_stores_the_split_seed_of_a_run_made_before_it_existed(tmp_path):
+    from skinedge.train import data as D
+    from skinedge.train.config import TrainConfig
+    from skinedge.train.warmstart import float_run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    source = tmp_path / "float-run"
+    source.mkdir()
+    stored = TrainConfig(data=str(data), out=str(source), seed=9).to_dict()
+    del stored["split_seed"]  # a config.json written before --split-seed
+    (source / "config.json").write_text(json.dumps(stored))
+    (source / "labels.txt").write_text("mel\nnv\n")
+    D.save_split(source / "split.csv", {"train": [D.Sample("a.jpg", "mel", "a")], "val": [], "test": []})
+    for name in ("float.weights.h5", "state.json"):
+        (source / name).write_text("{}")
+    cfg, _ = float_run(TrainConfig(data=str(data), out=str(tmp_path / "qat"), float_from=str(source), qat_distill=1))
+    assert (cfg.seed, cfg.split_seed, cfg.qat_distill) == (9, 9, 1)

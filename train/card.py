@@ -174,7 +174,10 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                               f"early stopping patience {cfg.get('patience')}, class imbalance: {cfg.get('balance')}, "
                               f"label smoothing {cfg.get('label_smoothing')}, "
                               + (f"mixup {cfg['mixup']} (float phases), " if cfg.get("mixup") else "")
-                              + f"seed {cfg.get('seed')}" + _swa(cfg, summary)],
+                              + f"seed {cfg.get('seed')}"
+                              + (f" (split seed {cfg['split_seed']})"
+                                 if cfg.get("split_seed") not in (None, cfg.get("seed")) else "")
+                              + _swa(cfg, summary)],
                  ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
                                   + ", ".join(f"{k} {v}" for k, v in q.get("tools", {}).items())],
                  ["training time", train_time or _train_time(seconds, (summary or {}).get("float_train_seconds"))],

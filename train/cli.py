@@ -154,7 +154,11 @@ class WeightsChoice(click.ParamType):
 @click.option("--mixup", type=FiniteFloatRange(0, 10), default=0.0, show_default=True,
               help="Blend training images and their labels in pairs, the share drawn from Beta(A, A) (mixup; 0.2-0.4 "
                    "regularises; 0: off). Float phases only: QAT trains on unmixed images.")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True,
+              help="Seeds weight init, sampling, augmentation, and the split unless --split-seed is given.")
+@click.option("--split-seed", type=click.IntRange(0, MAX_SEED), default=None,
+              help="Seeds the lesion split (and --limit's sample) alone [default: --seed]. Keep it and change "
+                   "--seed to repeat training on the very same split.")
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 @click.pass_context
@@ -163,8 +167,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           settle_epochs: int, qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float,
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
-          val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: int, no_augment: bool,
-          resume: bool) -> None:
+          val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: int, split_seed: Optional[int],
+          no_augment: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -184,6 +188,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
       skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 0.5
       skinedge train ../shared/data/ham10000 --out runs/ham-more-mel --extra-train ../shared/data/isic9/Train \\
           --extra-label melanoma=mel --extra-label nevus=nv
+      skinedge train ../shared/data/ham10000 --out runs/ham-seed7 --seed 7 --split-seed 42   # runs/ham's split
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
@@ -209,9 +214,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
-        val_fraction=val_fraction, patience=patience,
-        swa_epochs=swa_epochs, mixup=mixup, seed=seed, augment=not no_augment, float_from=float_from,
-        qat_distill=qat_distill,
+        val_fraction=val_fraction, patience=patience, swa_epochs=swa_epochs, mixup=mixup, seed=seed,
+        split_seed=split_seed, augment=not no_augment, float_from=float_from, qat_distill=qat_distill,
     )
     try:
         summary = run_training(cfg, resume=resume)

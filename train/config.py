@@ -58,7 +58,9 @@ class TrainConfig:
     #   the best single epoch only if it scores higher on validation. 0 = off
     mixup: float = 0.0  # float phases: blend each training image and its target with another's, the share drawn
     #   from Beta(mixup, mixup) (0.2-0.4 regularises); QAT trains on unmixed images. 0 = off
-    seed: int = 42  # seeds the split, the sampling, weight init and augmentation
+    seed: int = 42  # seeds weight init, sampling and augmentation, and the split unless split_seed is set
+    split_seed: Optional[int] = None  # seeds the split and --limit's sample alone (None: seed; stored resolved), so
+    #   runs with different seeds can train on the very same split and be compared image for image
     augment: bool = True  # flips, 90-degree rotations, small rotation, zoom, mild colour jitter
     cache_dir: Optional[str] = None  # where decoded images are cached (.npz); default: RUN_DIR/cache
     workers: int = 0  # image decoding processes; 0 = one per CPU core
