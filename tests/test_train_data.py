@@ -401,7 +401,7 @@ def test_split_seed_fixes_the_split_and_the_limit_sample_whatever_the_seed(tmp_p
     assert split("seed1", seed=1) != same  # the seed still moves the split of a run that sets no split seed
 
 
-def test_float_from_stores_the_split_seed_of_a_run_made_before_it_existed(tmp_path):
+def test_float_from_keeps_the_split_seed_of_its_float_run_and_takes_its_own_qat_seed(tmp_path):
     from skinedge.train import data as D
     from skinedge.train.config import TrainConfig
     from skinedge.train.warmstart import float_run
@@ -417,5 +417,10 @@ def test_float_from_stores_the_split_seed_of_a_run_made_before_it_existed(tmp_pa
     D.save_split(source / "split.csv", {"train": [D.Sample("a.jpg", "mel", "a")], "val": [], "test": []})
     for name in ("float.weights.h5", "state.json"):
         (source / name).write_text("{}")
-    cfg, _ = float_run(TrainConfig(data=str(data), out=str(tmp_path / "qat"), float_from=str(source), qat_distill=1))
-    assert (cfg.seed, cfg.split_seed, cfg.qat_distill) == (9, 9, 1)
+    # --seed beside --float-from seeds QAT alone (the split's seed stays the float run's); without it, the float run's
+    for seed, expected in ((None, 9), (3, 3)):
+        cfg, _ = float_run(TrainConfig(data=str(data), out=str(tmp_path / "qat"), float_from=str(source), seed=seed,
+                                       qat_distill=1))
+        assert (cfg.seed, cfg.split_seed, cfg.qat_distill) == (expected, 9, 1)
+    with pytest.raises(ValueError, match="seed must be set"):  # a run of its own always has a seed: splits repeat
+        TrainConfig(data=str(data), out=str(tmp_path / "r"), seed=None).validate()

@@ -109,7 +109,8 @@ class WeightsChoice(click.ParamType):
               help="Leave out the lesions another run validates or tests on, so that run can --init-from this one.")
 @click.option("--float-from", type=click.Path(exists=True, file_okay=False, path_type=str),
               help="Run QAT alone, on another finished run's best float model, with its split and settings (to try "
-                   "--settle-epochs, --qat-epochs or --qat-distill without training the float model again).")
+                   "--settle-epochs, --qat-epochs, --qat-distill or another --seed without training the float model "
+                   "again).")
 @click.option("--img-size", type=click.IntRange(32, MAX_IMG_SIZE), default=128, show_default=True,
               help="Input size (px).")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
@@ -154,8 +155,10 @@ class WeightsChoice(click.ParamType):
 @click.option("--mixup", type=FiniteFloatRange(0, 10), default=0.0, show_default=True,
               help="Blend training images and their labels in pairs, the share drawn from Beta(A, A) (mixup; 0.2-0.4 "
                    "regularises; 0: off). Float phases only: QAT trains on unmixed images.")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=42, show_default=True,
-              help="Seeds weight init, sampling, augmentation, and the split unless --split-seed is given.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
+              help="Seeds weight init, sampling, augmentation, and the split unless --split-seed is given; with "
+                   "--float-from it seeds QAT alone (the split stays that run's) [default: 42, or the --float-from "
+                   "run's].")
 @click.option("--split-seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Seeds the lesion split (and --limit's sample) alone [default: --seed]. Keep it and change "
                    "--seed to repeat training on the very same split.")
@@ -167,8 +170,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           settle_epochs: int, qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float,
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
-          val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: int, split_seed: Optional[int],
-          no_augment: bool, resume: bool) -> None:
+          val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: Optional[int],
+          split_seed: Optional[int], no_augment: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -202,7 +205,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
 
     from skinedge.convert.rundir import RunDirError
 
-    from .config import TrainConfig
+    from .config import DEFAULT_SEED, TrainConfig
     from .data import DataError
     from .fit import RunError, train as run_training
     from .warmstart import WarmStartError
@@ -214,7 +217,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
-        val_fraction=val_fraction, patience=patience, swa_epochs=swa_epochs, mixup=mixup, seed=seed,
+        val_fraction=val_fraction, patience=patience, swa_epochs=swa_epochs, mixup=mixup,
+        seed=DEFAULT_SEED if seed is None and not float_from else seed,
         split_seed=split_seed, augment=not no_augment, float_from=float_from, qat_distill=qat_distill,
     )
     try:

@@ -15,8 +15,9 @@ from typing import Any, Optional
 from skinedge.device.atomic import replaced_file
 
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
+DEFAULT_SEED = 42
 # the settings a --float-from run chooses itself; every other one is the float run's
-FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill")
+FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed")  # seed: of QAT alone (its split stays)
 
 
 @dataclass
@@ -58,7 +59,8 @@ class TrainConfig:
     #   the best single epoch only if it scores higher on validation. 0 = off
     mixup: float = 0.0  # float phases: blend each training image and its target with another's, the share drawn
     #   from Beta(mixup, mixup) (0.2-0.4 regularises); QAT trains on unmixed images. 0 = off
-    seed: int = 42  # seeds weight init, sampling and augmentation, and the split unless split_seed is set
+    seed: Optional[int] = DEFAULT_SEED  # seeds weight init, sampling and augmentation, and the split unless
+    #   split_seed is set; None only before a --float-from run takes its float run's (then it seeds QAT alone)
     split_seed: Optional[int] = None  # seeds the split and --limit's sample alone (None: seed; stored resolved), so
     #   runs with different seeds can train on the very same split and be compared image for image
     augment: bool = True  # flips, 90-degree rotations, small rotation, zoom, mild colour jitter
@@ -81,6 +83,8 @@ class TrainConfig:
             raise ValueError("mixup must be between 0 (off) and 10")
         if not 0 <= self.qat_distill <= 1:
             raise ValueError("qat_distill must be between 0 (labels only) and 1 (the float model only)")
+        if self.seed is None and not self.float_from:
+            raise ValueError("seed must be set (None only lets a float_from run take its float run's)")
         if self.extra_labels and not self.extra_train:
             raise ValueError("extra_labels name classes of extra_train, which is not set")
         if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:

@@ -110,8 +110,11 @@ def float_run(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
         raise WarmStartError(f"--float-from {cfg.float_from}: it trained on {theirs}, not {cfg.data}; pass its data "
                              "folder")
     stored = TrainConfig.from_dict(source.config)
+    ours = {k: getattr(cfg, k) for k in FLOAT_FROM_CHOICES}
+    if ours["seed"] is None:  # no seed of its own for QAT: the float run's
+        ours["seed"] = stored.seed
     merged = dataclasses.replace(
-        stored, out=cfg.out, float_from=cfg.float_from, **{k: getattr(cfg, k) for k in FLOAT_FROM_CHOICES},
+        stored, out=cfg.out, float_from=cfg.float_from, **ours,
         # the source's decoded images serve as they are: same files, same size
         cache_dir=stored.cache_dir or str(source.path / "cache"), extra={},
         # resolved as train stores it; runs made before --split-seed split with --seed
