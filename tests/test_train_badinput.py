@@ -82,7 +82,8 @@ def colour_data(tmp_path) -> Path:
     ["--test-fraction", "nan"],
     ["--test-fraction", "-0.1"], ["--label-smoothing", "0.9"], ["--label-smoothing", "nan"], ["--patience", "0"],
     ["--batch-size", "-3"], ["--alpha", "2"], ["--balance", "magic"], ["--epochs", "ten"],
-    ["--finetune-from", "1.5"], ["--finetune-from", "nan"],
+    ["--finetune-from", "1.5"], ["--finetune-from", "nan"], ["--warmup-epochs", "-1"], ["--warmup-epochs", "nan"],
+    ["--warmup-epochs", "11"],  # more than the 10 fine-tuning epochs
 ])
 def test_train_refuses_nonsense_options(colour_data, tmp_path, option):
     result = cli("train", colour_data, "--out", tmp_path / "run", "--arch", "cnn", "--weights", "none", *option)

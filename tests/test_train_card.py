@@ -81,6 +81,11 @@ def test_card_says_whether_the_weight_average_was_kept(tmp_path):
     assert "last 4 fine-tuning epochs averaged (SWA)" in card and "0.691 against 0.676" in card
     assert "the average was kept" in card
     assert "mixup 0.4 (float phases)" in card
+    assert "warm-up" not in card
+    meta["training"]["config"]["warmup_epochs"] = 1.5
+    (bundle / "model.json").write_text(json.dumps(meta))
+    card = _card(bundle, report, run)
+    assert "fine-tuning 6 epochs (lr/10 after a 1.5-epoch warm-up, top 40% of the backbone)" in card
 
 
 @pytest.mark.parametrize("seeds, words", [({"seed": 7, "split_seed": 42}, "seed 7 (split seed 42)"),

@@ -25,7 +25,8 @@ from click.testing import CliRunner
 from conftest import TEST_COLOURS, assert_one_line_error, shared_path
 
 TRAIN_ARGS = ["--arch", "cnn", "--weights", "none", "--img-size", "32", "--limit", "80", "--epochs", "8",
-              "--qat-epochs", "2", "--batch-size", "4", "--patience", "50", "--swa-epochs", "3", "--seed", "7"]
+              "--qat-epochs", "2", "--batch-size", "4", "--patience", "50", "--swa-epochs", "3", "--seed", "7",
+              "--warmup-epochs", "1.5"]
 
 
 def cli(*args, **kwargs):

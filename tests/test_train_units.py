@@ -358,7 +358,8 @@ def test_training_batches_carry_class_weights_blended_like_their_targets(mixup):
     assert all(len(batch) == 2 and batch[1].numpy().max() == 1 for batch in val)  # evaluation never mixes
 
 
-@pytest.mark.parametrize("extra", [["--img-size", "96"], ["--mixup", "0.2"], ["--split-seed", "1"]])
+@pytest.mark.parametrize("extra", [["--img-size", "96"], ["--mixup", "0.2"], ["--split-seed", "1"],
+                                   ["--warmup-epochs", "1"]])
 def test_float_from_refuses_float_settings_of_its_own(tmp_path, extra):
     """With --float-from the float run's settings apply: a value given beside it would be ignored, so it is a
     usage error naming the option, before anything is read."""
@@ -502,3 +503,19 @@ def test_compare_says_which_images_it_scored_and_that_all_includes_training(spli
     samples, where, unit = _select(None, run, split, None, 0)
     assert expected in where and unit == "lesion"
     assert [s.path for s in samples] == (["train.jpg", "val.jpg", "test.jpg"] if split == "all" else ["val.jpg"])
+
+
+@pytest.mark.parametrize("warmup", [0, 40])
+def test_lr_schedule_warms_up_linearly_then_decays_to_five_percent(warmup):
+    """--warmup-epochs: the fine-tuning rate starts at 0 and reaches its peak after the warm-up steps; the cosine
+    decay then runs over the remaining steps to 5 % of the peak, as without warm-up."""
+    from skinedge.train.fit import lr_schedule
+
+    schedule = lr_schedule(1e-4, 200, warmup)
+    rate = [float(schedule(step)) for step in range(201)]
+    assert rate[warmup] == pytest.approx(1e-4) and rate[200] == pytest.approx(5e-6)
+    assert all(a >= b - 1e-12 for a, b in zip(rate[warmup:], rate[warmup + 1:]))  # non-increasing after the peak
+    if warmup:
+        assert rate[0] == 0 and rate[warmup // 2] == pytest.approx(5e-5)
+        assert all(a < b for a, b in zip(rate[:warmup], rate[1:warmup + 1]))
+    assert float(lr_schedule(1e-4, 1, 5)(0)) == pytest.approx(1e-4)  # a one-step phase has no room to warm up

@@ -161,7 +161,9 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                  ["input", f"{inp.get('height')}x{inp.get('width')} RGB {inp.get('dtype')}, raw pixels 0-255, "
                            f"{inp.get('resize')} then {inp.get('interpolation')} resize (skinedge.device.preprocess)"],
                  ["schedule", f"head {_epochs(cfg, ran, 'head', 'head_epochs')} (lr {cfg.get('lr')}), fine-tuning "
-                              f"{_epochs(cfg, ran, 'finetune', 'epochs')} (lr/10, top "
+                              f"{_epochs(cfg, ran, 'finetune', 'epochs')} (lr/10"
+                              + (f" after a {cfg['warmup_epochs']:g}-epoch warm-up" if cfg.get("warmup_epochs") else "")
+                              + ", top "
                               f"{1 - cfg.get('finetune_from', 0.6):.0%} of the backbone), "
                               + (f"settling {_epochs(cfg, ran, 'settle', 'settle_epochs')} on unmixed images "
                                  "(lr/100), " if cfg.get("settle_epochs") else "")

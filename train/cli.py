@@ -149,6 +149,9 @@ class WeightsChoice(click.ParamType):
 @click.option("--val-fraction", type=FiniteFloatRange(0, 0.5, min_open=True, max_open=True), default=0.15,
               show_default=True, help="Lesions held out for validation.")
 @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True, help="Early stopping.")
+@click.option("--warmup-epochs", type=FiniteFloatRange(0, 1000), default=0.0, show_default=True,
+              help="Fine-tuning: raise the learning rate from 0 over this many epochs (fractions allowed) before its "
+                   "cosine decay; full-size first steps can knock a whole pretrained backbone back to chance.")
 @click.option("--swa-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also average the weights of the last N fine-tuning epochs (SWA); the average is kept only if it "
                    "beats the best single epoch on validation.")
@@ -170,7 +173,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           settle_epochs: int, qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float,
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
-          val_fraction: float, patience: int, swa_epochs: int, mixup: float, seed: Optional[int],
+          val_fraction: float, patience: int, warmup_epochs: float, swa_epochs: int, mixup: float, seed: Optional[int],
           split_seed: Optional[int], no_augment: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
@@ -199,6 +202,9 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         _check_float_from(ctx)
     if extra_labels and not extra_train:
         raise click.BadParameter("names classes of --extra-train, which is not given.", param_hint="'--extra-label'")
+    if warmup_epochs > epochs:
+        raise click.BadParameter(f"{warmup_epochs:g} is more than the {epochs} fine-tuning epochs (--epochs).",
+                                 param_hint="'--warmup-epochs'")
     if swa_epochs > epochs:
         raise click.BadParameter(f"{swa_epochs} is more than the {epochs} fine-tuning epochs (--epochs).",
                                  param_hint="'--swa-epochs'")
@@ -217,7 +223,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
-        val_fraction=val_fraction, patience=patience, swa_epochs=swa_epochs, mixup=mixup,
+        val_fraction=val_fraction, patience=patience, warmup_epochs=warmup_epochs, swa_epochs=swa_epochs,
+        mixup=mixup,
         seed=DEFAULT_SEED if seed is None and not float_from else seed,
         split_seed=split_seed, augment=not no_augment, float_from=float_from, qat_distill=qat_distill,
     )

@@ -55,6 +55,8 @@ class TrainConfig:
     test_fraction: float = 0.15  # share of lesions held out as the test split, never used in training or tuning
     limit: Optional[int] = None  # use only this many images (stratified: every class keeps some) for quick runs
     patience: int = 4  # early stopping: epochs without val improvement before stopping a phase
+    warmup_epochs: float = 0.0  # fine-tuning: ramp its learning rate up from 0 over this many epochs (Ultralytics'
+    #   warmup_epochs): full-size first Adam steps on a whole pretrained backbone can knock it back to chance. 0 = off
     swa_epochs: int = 0  # fine-tuning: also average the weights of its last N epochs (SWA); the average replaces
     #   the best single epoch only if it scores higher on validation. 0 = off
     mixup: float = 0.0  # float phases: blend each training image and its target with another's, the share drawn
@@ -75,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"unknown balance mode {self.balance!r}")
         if self.img_size < 32:
             raise ValueError("img_size must be at least 32")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError("warmup_epochs must be between 0 and the number of fine-tuning epochs")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError("swa_epochs must be between 0 and the number of fine-tuning epochs")
         if self.settle_epochs < 0:

@@ -107,6 +107,16 @@ def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
     return [p for p in plan if p[1] > 0]
 
 
+def lr_schedule(peak: float, total_steps: int, warmup_steps: int = 0) -> Any:
+    """A phase's learning rate: up from 0 to `peak` linearly over `warmup_steps`, then cosine decay to 5 % of it by
+    `total_steps`."""
+    warmup_steps = min(warmup_steps, total_steps - 1) if total_steps > 1 else 0
+    if not warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(1, total_steps), alpha=0.05)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total_steps - warmup_steps, alpha=0.05,
+                                                  warmup_target=peak, warmup_steps=warmup_steps)
+
+
 def phase_mixup(cfg: TrainConfig, phase: str) -> float:
     """The mixup of a phase: the head and fine-tuning blend images; settling and QAT train on the real images the
     model will see (QAT learns their quantization ranges)."""
@@ -249,9 +259,9 @@ def _run_phase(
             teacher = load_float_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, start_weights)
             model = Distiller(model, teacher, cfg.qat_distill)
         steps = int(np.ceil(len(y) / cfg.batch_size))
-        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
+        warmup = round(cfg.warmup_epochs * steps) if phase == "finetune" else 0
         model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
+            optimizer=keras.optimizers.Adam(lr_schedule(lr, epochs * steps, warmup)),
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[TrainBalancedAccuracy(num_classes)],
         )
