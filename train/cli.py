@@ -224,9 +224,9 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
         val_fraction=val_fraction, patience=patience, warmup_epochs=warmup_epochs, swa_epochs=swa_epochs,
-        mixup=mixup,
+        mixup=mixup, split_seed=split_seed, augment=not no_augment, float_from=float_from, qat_distill=qat_distill,
+        # no --seed beside --float-from: None, and the float run's seed applies
         seed=DEFAULT_SEED if seed is None and not float_from else seed,
-        split_seed=split_seed, augment=not no_augment, float_from=float_from, qat_distill=qat_distill,
     )
     try:
         summary = run_training(cfg, resume=resume)
