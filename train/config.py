@@ -94,6 +94,10 @@ class TrainConfig:
         if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5) and test_fraction in [0, 0.5)")
 
+    def resolved_split_seed(self) -> Optional[int]:
+        """The seed of the split: split_seed, or seed for configs that set none (and configs made before it)."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -136,22 +136,17 @@ def _split(cfg: TrainConfig) -> tuple[dict[str, list[D.Sample]], list[str], str]
         samples = left_out(samples, open_run(cfg.leave_out, "--leave-out"))
     if cfg.limit:
         share = cfg.limit / len(samples)
-        samples = D.limit_samples(samples, cfg.limit, split_seed(cfg))
+        samples = D.limit_samples(samples, cfg.limit, cfg.resolved_split_seed())
         if extra:  # a quick run stays quick with extra images: the same share of them
-            extra = D.limit_samples(extra, max(1, round(share * len(extra))), split_seed(cfg))
+            extra = D.limit_samples(extra, max(1, round(share * len(extra))), cfg.resolved_split_seed())
     pinned = pinned_groups(samples, open_source(cfg)) if cfg.init_from else set()
     try:
-        splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, split_seed(cfg), pinned=pinned)
+        splits = D.split_samples(samples, cfg.val_fraction, cfg.test_fraction, cfg.resolved_split_seed(), pinned=pinned)
     except D.DataError as exc:
         raise D.DataError(f"{cfg.data}: {exc}") from None
     if extra:
         splits[D.EXTRA_SPLIT] = extra
     return splits, classes, layout
-
-
-def split_seed(cfg: TrainConfig) -> int:
-    """The seed of the run's split: --split-seed, or --seed for runs that set none (and runs made before it)."""
-    return cfg.seed if cfg.split_seed is None else cfg.split_seed
 
 
 def _by_lesion(cfg: TrainConfig, split: str) -> bool:
@@ -200,7 +195,7 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Path, dict
         cfg.validate()
     else:
         cfg.validate()
-        cfg.split_seed = split_seed(cfg)  # stored resolved, like every other setting
+        cfg.split_seed = cfg.resolved_split_seed()  # stored resolved, like every other setting
         # the data first: unusable data must not leave an empty run dir behind
         splits, classes, layout = _split(cfg)
     try:

@@ -118,7 +118,7 @@ def float_run(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
         # the source's decoded images serve as they are: same files, same size
         cache_dir=stored.cache_dir or str(source.path / "cache"), extra={},
         # resolved as train stores it; runs made before --split-seed split with --seed
-        split_seed=stored.seed if stored.split_seed is None else stored.split_seed,
+        split_seed=stored.resolved_split_seed(),
     )
     log.info("QAT from the float model of %s (its split and settings; the float phases are not run again)",
              source.path)
