@@ -35,6 +35,7 @@ COMMANDS = {
     "convert": "skinedge.convert.cli:convert",
     "compare": "skinedge.train.cli:compare",
     "card": "skinedge.train.cli:card",
+    "runs": "skinedge.train.cli:runs",
     "device": "skinedge.device.cli:device",
 }
 HELP = {
@@ -42,6 +43,7 @@ HELP = {
     "convert": "Convert a trained run to a verified full-integer int8 TFLite bundle (needs skinedge[train]).",
     "compare": "Compare float, QAT, int8 TFLite and PTQ models on labelled images (needs skinedge[train]).",
     "card": "Write a bundle's model card (README.md) from its model.json, a compare report and the run.",
+    "runs": "List training runs side by side: status, split, differing settings, validation scores.",
     "device": "Run a bundle on a device: classify images offline, no TensorFlow.",
 }
 

@@ -330,3 +330,10 @@ def test_float_from_runs_qat_alone_on_the_float_model_and_split_of_another_run(m
     qat = load_qat_model("mobilenetv2", 9, 64, 1.0, str(run / "qat.weights.h5"))  # the student alone, as saved
     assert qat.output_shape[-1] == 9
     assert prior_commands(ours) == [theirs["extra"]["command"]]
+    # `skinedge runs` lists the pair on one split, differing in the QAT recipe alone, with the scores they kept
+    header, _, first, second = _cli("runs", str(mobilenet_run), str(run)).splitlines()
+    assert header.split(" | ")[3:6] == ["float-from", "settle-epochs", "qat-distill"]  # after run, status, split
+    kept = json.loads((run / "summary.json").read_text())["validation"]
+    assert first.startswith(f"| {mobilenet_run} | done | A |  | 0 | 0 | ")
+    assert second.startswith(f"| {run} | done | A | {mobilenet_run} | 1 | 1 | {kept['float']['balanced_accuracy']:.3f}")
+    assert f"| {kept['qat']['balanced_accuracy']:.3f} (ep 1) |" in second

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Optional
 import click
 
 from skinedge.cli import (
+    EXIT_FAILED,
     HDF5_MAGIC,
     FiniteFloatRange,
     InputError,
@@ -341,3 +343,40 @@ def card(bundle: str, report: str, run_dir: Optional[str], hardware: Optional[st
     except OSError as exc:
         raise click.ClickException(os_error(exc, bundle)) from None
     click.echo(f"model card written to {out}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--sort", type=click.Choice(["float", "qat"]), help="Best first by this validation balanced accuracy.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run (with its whole config) per line.")
+def runs(paths: tuple[str, ...], sort: Optional[str], as_json: bool) -> None:
+    """List training runs side by side: status, split, the settings they differ in, validation scores.
+
+    PATHS are run dirs, or folders of run dirs. Runs with the same split letter were split identically, so only
+    they compare image for image. Needs no TensorFlow; a run still training shows the epoch it has reached.
+
+    \b
+    Example (three seeds of one recipe on one split):
+      skinedge train DATA --out runs/s1 --seed 1 --split-seed 42   # ... s2, s3 likewise
+      skinedge runs runs/ --sort float
+    """
+    from .runs import RunsError, expand, markdown, sort_rows, summarize
+
+    rows, errors = [], []
+    for path in expand(paths):
+        try:
+            rows.append(summarize(path))
+        except RunsError as exc:
+            errors.append(one_line(exc))
+        except OSError as exc:
+            errors.append(os_error(exc, path))
+    if not rows:  # nothing to list: the (last) reason is the command's one error line, exit 2
+        for error in errors[:-1]:
+            click.echo(f"error: {error}", err=True)
+        raise InputError(errors[-1] if errors else "no run dir to list")
+    rows = sort_rows(rows, sort) if sort else rows
+    click.echo("\n".join(json.dumps(r, sort_keys=True) for r in rows) if as_json else markdown(rows), nl=as_json)
+    for error in errors:  # the runs that could be read are listed; each that could not gets its line, exit 1
+        click.echo(f"error: {error}", err=True)
+    if errors:
+        sys.exit(EXIT_FAILED)
