@@ -83,7 +83,13 @@ def _shown(text: object) -> str:
 
 @click.group()
 def device() -> None:
-    """Run models on the device (Raspberry Pi or any computer), offline, without TensorFlow."""
+    """Run models on the device (Raspberry Pi or any computer), offline, without TensorFlow.
+
+    \b
+    Example:
+      skinedge device selftest models/ham10000             # does this device run the bundle as it should?
+      skinedge device classify models/ham10000 lesion.jpg --json
+    """
 
 
 @device.command()

@@ -519,3 +519,14 @@ def test_lr_schedule_warms_up_linearly_then_decays_to_five_percent(warmup):
         assert rate[0] == 0 and rate[warmup // 2] == pytest.approx(5e-5)
         assert all(a < b for a, b in zip(rate[:warmup], rate[1:warmup + 1]))
     assert float(lr_schedule(1e-4, 1, 5)(0)) == pytest.approx(1e-4)  # a one-step phase has no room to warm up
+
+
+@pytest.mark.parametrize("command", [["train"], ["convert"], ["compare"], ["card"], ["runs"], ["device"],
+                                     ["device", "classify"], ["device", "run"], ["device", "bench"],
+                                     ["device", "selftest"]])
+def test_every_help_gives_an_example(command):
+    from skinedge.cli import main
+
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and "skinedge " + " ".join(command) in result.output
