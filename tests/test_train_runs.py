@@ -157,3 +157,17 @@ def test_runs_needs_no_tensorflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| done |" in proc.stdout
+
+
+def test_a_summary_of_another_shape_falls_back_to_the_histories(tmp_path):
+    run = finished(tmp_path / "run")
+    (run / "summary.json").write_text(json.dumps({"validation": {"float": 3, "qat": {"balanced_accuracy": "x"}},
+                                                  "train_seconds": "soon"}))
+    (run / "state.json").write_text(json.dumps({"phases": ["head"]}))
+    row = summarize(run)
+    assert (row["float_val"], row["qat_val"], row["train_minutes"]) == (0.66, 0.64, None)
+
+
+def test_a_file_is_not_a_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    assert_one_line_error(cli(tmp_path / "notes.txt"), 2, "notes.txt: not a folder")

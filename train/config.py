@@ -16,6 +16,7 @@ from skinedge.device.atomic import replaced_file
 
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
 DEFAULT_SEED = 42
+MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight averaging go by (mean per-class recall)
 # the settings a --float-from run chooses itself; every other one is the float run's
 FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed")  # seed: of QAT alone (its split stays)
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from skinedge.convert.tfcompat import keras, tf
 
-MONITOR = "val_balanced_accuracy"
+from .config import MONITOR
+
 
 
 class ValidationMetrics(keras.callbacks.Callback):

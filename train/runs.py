@@ -20,22 +20,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from skinedge.convert.rundir import CONFIG_FILE, SPLIT_FILE, read_history
 
-from .config import TrainConfig
+from .config import MONITOR, TrainConfig
 
-log = logging.getLogger(__name__)
-
-MONITOR = "val_balanced_accuracy"  # what training chooses checkpoints on (skinedge.train.fit)
 FLOAT_PHASES = ("head", "finetune", "settle")  # phases that train the float model, in order
 # config keys that never tell runs apart: where they were written, caches, and the command line itself
 IGNORED_KEYS = ("out", "extra", "cache_dir", "workers")
-SORT_KEYS = ("float", "qat")
 
 
 class RunsError(ValueError):
@@ -104,11 +99,21 @@ def _best(scores: Sequence[float]) -> tuple[Optional[float], Optional[int]]:
     return scores[epoch], epoch + 1
 
 
+def _kept(summary: Optional[dict[str, Any]], model: str, otherwise: Optional[float]) -> Optional[float]:
+    """summary.json's validation balanced accuracy of a model ('float' or 'qat'), or `otherwise`."""
+    scores = (summary or {}).get("validation")
+    score = scores.get(model) if isinstance(scores, dict) else None
+    value = score.get("balanced_accuracy") if isinstance(score, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else otherwise
+
+
 def _status(config: dict[str, Any], state: dict[str, Any], histories: dict[str, list[float]]) -> str:
     """The phase a run without a summary is in (or was stopped in) and the epochs it has logged there."""
     planned = {"head": 0 if config.get("arch") == "cnn" else config.get("head_epochs"),  # cnn has no head phase
                "finetune": config.get("epochs"), "settle": config.get("settle_epochs"), "qat": config.get("qat_epochs")}
-    done = {name for name, phase in state.get("phases", {}).items() if isinstance(phase, dict) and phase.get("done")}
+    phases = state.get("phases")
+    done = {name for name, phase in (phases.items() if isinstance(phases, dict) else ()) if isinstance(phase, dict)
+            and phase.get("done")}
     for phase in (*FLOAT_PHASES, "qat"):
         if planned[phase] and phase not in done:
             return f"{phase} {len(histories[phase])}/{planned[phase]}"
@@ -120,7 +125,7 @@ def summarize(path: os.PathLike | str) -> dict[str, Any]:
     model's best epoch), training minutes and the resolved config."""
     run = Path(path)
     if not run.is_dir():
-        raise RunsError(f"{run}: no such folder")
+        raise RunsError(f"{run}: {'not a folder' if run.exists() else 'no such folder'}")
     raw = _read_json(run / CONFIG_FILE)
     if raw is None:
         raise RunsError(f"{run}: not a run dir ({CONFIG_FILE} is missing)")
@@ -129,12 +134,11 @@ def summarize(path: os.PathLike | str) -> dict[str, Any]:
     summary = _read_json(run / "summary.json")
     histories = _histories(run)
     float_scores = [s for phase in FLOAT_PHASES for s in histories[phase]]
-    float_best, float_epoch = _best(histories["finetune"] or float_scores)
+    _, float_epoch = _best(histories["finetune"] or float_scores)
     qat_best, qat_epoch = _best(histories["qat"])
-    validation = (summary or {}).get("validation", {})
     # a finished run's summary scores the models it kept (an averaged model, say); the histories score epochs
-    float_val = validation.get("float", {}).get("balanced_accuracy", max(float_scores, default=None))
-    qat_val = validation.get("qat", {}).get("balanced_accuracy", qat_best)
+    float_val = _kept(summary, "float", max(float_scores, default=None))
+    qat_val = _kept(summary, "qat", qat_best)
     split = run / SPLIT_FILE
     seconds = (summary or {}).get("train_seconds")
     return {
