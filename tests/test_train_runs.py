@@ -68,6 +68,14 @@ def test_a_run_still_training_shows_its_phase_epochs_and_best_so_far(tmp_path):
     assert row["train_minutes"] is None
 
 
+def test_a_fine_tuning_not_yet_above_the_head_shows_the_heads_epoch(tmp_path):
+    """The model training would keep so far is the head's: its score comes with its phase and epoch."""
+    run = write_run(tmp_path / "run", {"head": [0.40, 0.44], "finetune": [0.23, 0.14]}, done=("head",))
+    row = summarize(run)
+    assert (row["float_val"], row["float_best_phase"], row["float_best_epoch"]) == (0.44, "head", 2)
+    assert "| finetune 2/6 | A | 0.440 (head ep 2) |  |  |" in cli(run).stdout
+
+
 def test_a_run_stopped_before_any_epoch_and_a_cnn_run_without_a_head(tmp_path):
     assert summarize(write_run(tmp_path / "a", {}))["status"] == "head 0/2"
     cnn = summarize(write_run(tmp_path / "b", {"finetune": [0.3]}, arch="cnn"))
@@ -83,7 +91,7 @@ def test_the_table_shows_only_the_settings_that_differ_and_shares_split_letters(
     assert lines[0] == "| run | status | split | seed | split-seed | float val | QAT val | minutes |"
     assert lines[2] == f"| {runs[0]} | done | A | 1 | 42 | 0.660 (ep 2) | 0.640 (ep 1) | 10 |"
     assert lines[3].startswith(f"| {runs[1]} | done | A | 2 | 42 |")
-    assert lines[4] == f"| {runs[2]} | head 1/2 | B | 3 | 3 | 0.300 (ep 1) |  |  |"
+    assert lines[4] == f"| {runs[2]} | head 1/2 | B | 3 | 3 | 0.300 (head ep 1) |  |  |"
 
 
 def test_an_older_config_differs_only_where_it_trained_differently(tmp_path):

@@ -133,11 +133,12 @@ def summarize(path: os.PathLike | str) -> dict[str, Any]:
     state = _read_json(run / "state.json") or {}
     summary = _read_json(run / "summary.json")
     histories = _histories(run)
-    float_scores = [s for phase in FLOAT_PHASES for s in histories[phase]]
-    _, float_epoch = _best(histories["finetune"] or float_scores)
+    # the float model's best epoch over its phases (the head's, while fine-tuning has not yet beaten it)
+    bests = [(*_best(histories[phase]), phase) for phase in FLOAT_PHASES if histories[phase]]
+    float_best, float_epoch, float_phase = max(bests, key=lambda b: b[0], default=(None, None, None))
     qat_best, qat_epoch = _best(histories["qat"])
     # a finished run's summary scores the models it kept (an averaged model, say); the histories score epochs
-    float_val = _kept(summary, "float", max(float_scores, default=None))
+    float_val = _kept(summary, "float", float_best)
     qat_val = _kept(summary, "qat", qat_best)
     split = run / SPLIT_FILE
     seconds = (summary or {}).get("train_seconds")
@@ -147,6 +148,7 @@ def summarize(path: os.PathLike | str) -> dict[str, Any]:
         "split_sha256": hashlib.sha256(split.read_bytes()).hexdigest() if split.is_file() else None,
         "float_val": float_val,
         "float_best_epoch": float_epoch,  # with --float-from, the source run's (its history comes along)
+        "float_best_phase": float_phase,  # head, finetune or settle
         "qat_val": qat_val,
         "qat_best_epoch": qat_epoch,
         "train_minutes": round(seconds / 60, 1) if isinstance(seconds, (int, float)) else None,
@@ -192,10 +194,11 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _score(value: Optional[float], epoch: Optional[int]) -> str:
+def _score(value: Optional[float], epoch: Optional[int], phase: str = "finetune") -> str:
+    """0.704 (ep 21): a score and the epoch it came from; a phase other than fine-tuning or QAT is named."""
     if value is None:
         return ""
-    return f"{value:.3f}" + (f" (ep {epoch})" if epoch else "")
+    return f"{value:.3f}" + (f" ({'' if phase == 'finetune' else phase + ' '}ep {epoch})" if epoch else "")
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -206,7 +209,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, letter in zip(rows, split_letters(rows)):
         cells = [row["run"], row["status"], letter, *(_cell(row["config"].get(k)) for k in settings),
-                 _score(row["float_val"], row["float_best_epoch"]), _score(row["qat_val"], row["qat_best_epoch"]),
+                 _score(row["float_val"], row["float_best_epoch"], row["float_best_phase"]),
+                 _score(row["qat_val"], row["qat_best_epoch"]),
                  _cell(row["train_minutes"])]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
