@@ -17,6 +17,13 @@ from skinedge.device.atomic import replaced_file
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
 DEFAULT_SEED = 42
 MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight averaging go by (mean per-class recall)
+
+
+def resolve_split_seed(seed: Optional[int], split_seed: Optional[int]) -> Optional[int]:
+    """The seed of a split: split_seed, or seed where none is set (configs made before --split-seed included)."""
+    return seed if split_seed is None else split_seed
+
+
 # the settings a --float-from run chooses itself; every other one is the float run's
 FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed")  # seed: of QAT alone (its split stays)
 
@@ -97,7 +104,7 @@ class TrainConfig:
 
     def resolved_split_seed(self) -> Optional[int]:
         """The seed of the split: split_seed, or seed for configs that set none (and configs made before it)."""
-        return self.seed if self.split_seed is None else self.split_seed
+        return resolve_split_seed(self.seed, self.split_seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

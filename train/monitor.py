@@ -18,7 +18,6 @@ from skinedge.convert.tfcompat import keras, tf
 from .config import MONITOR
 
 
-
 class ValidationMetrics(keras.callbacks.Callback):
     """Adds val_loss, val_accuracy and val_balanced_accuracy to the epoch logs (one prediction pass), before the
     checkpoint and early-stopping callbacks read them."""

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 from skinedge.convert.rundir import CONFIG_FILE, SPLIT_FILE, read_history
 
-from .config import MONITOR, TrainConfig
+from .config import MONITOR, TrainConfig, resolve_split_seed
 
 FLOAT_PHASES = ("head", "finetune", "settle")  # phases that train the float model, in order
 # config keys that never tell runs apart: where they were written, caches, and the command line itself
@@ -75,8 +75,7 @@ def resolved_config(raw: dict[str, Any]) -> dict[str, Any]:
     defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else
                 None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(TrainConfig)}
     config = {**defaults, **raw}
-    if config["split_seed"] is None:
-        config["split_seed"] = config["seed"]
+    config["split_seed"] = resolve_split_seed(config["seed"], config["split_seed"])
     return config
 
 
