@@ -146,6 +146,12 @@ def test_a_damaged_run_alone_is_one_line_naming_the_file(tmp_path, damage, probl
     assert_one_line_error(cli(run), 2, str(run), problem)
 
 
+def test_a_run_in_progress_with_settings_of_the_wrong_type_is_one_line_naming_its_config(tmp_path):
+    config = {**TrainConfig(data="DATA", out="o").to_dict(), "epochs": "many"}
+    run = write_run(tmp_path / "run", {"head": [0.4]}, raw_config=config)
+    assert_one_line_error(cli(run), 2, str(run / "config.json"), "epochs and learning rate must be numbers")
+
+
 def test_no_readable_run_at_all_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(cli(tmp_path / "empty"), 2, f"{tmp_path / 'empty'}: not a run dir")

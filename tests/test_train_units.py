@@ -434,8 +434,8 @@ def test_distiller_saves_and_loads_the_student_alone(tmp_path):
 
 
 def test_settling_runs_after_fine_tuning_at_a_tenth_of_its_rate_and_only_blending_phases_mix():
-    from skinedge.train.config import TrainConfig
-    from skinedge.train.fit import phase_mixup, phase_plan
+    from skinedge.train.config import TrainConfig, phase_plan
+    from skinedge.train.fit import phase_mixup
 
     cfg = TrainConfig(data="d", out="o", epochs=5, settle_epochs=2, qat_epochs=3, lr=1e-3, mixup=0.4)
     assert phase_plan(cfg) == [("head", 2, 1e-3), ("finetune", 5, 1e-4), ("settle", 2, 1e-5), ("qat", 3, 1e-5)]

@@ -2,6 +2,7 @@
 
     cfg = TrainConfig(data="../shared/data/ham10000", out="runs/ham", arch="mobilenetv2", img_size=160)
     cfg.save(Path(cfg.out) / "config.json"); TrainConfig.load(...)
+    phase_plan(cfg)   # [("head", 2, 1e-3), ("finetune", 16, 1e-4), ("qat", 3, 1e-5)]: what fit.py trains, in order
 """
 
 from __future__ import annotations
@@ -122,3 +123,15 @@ class TrainConfig:
         """A config from a stored config.json's contents; keys of other versions are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
+    """(phase, epochs, peak learning rate) in order; phases with 0 epochs are skipped. Here rather than in fit.py,
+    which imports TensorFlow, so that `skinedge runs` reads a run's progress by the same plan."""
+    if cfg.arch == "cnn":
+        plan = [("finetune", cfg.epochs, cfg.lr), ("settle", cfg.settle_epochs, cfg.lr / 10),
+                ("qat", cfg.qat_epochs, cfg.lr / 10)]
+    else:
+        plan = [("head", cfg.head_epochs, cfg.lr), ("finetune", cfg.epochs, cfg.lr / 10),
+                ("settle", cfg.settle_epochs, cfg.lr / 100), ("qat", cfg.qat_epochs, cfg.lr / 100)]
+    return [p for p in plan if p[1] > 0]

@@ -43,7 +43,7 @@ from skinedge.device.atomic import copy_file, replaced_file
 from skinedge.device.labels import format_labels
 
 from . import data as D
-from .config import TrainConfig
+from .config import TrainConfig, phase_plan
 from .distill import Distiller
 from .monitor import MONITOR, TrainBalancedAccuracy, ValidationMetrics, validation_scores
 from .pipeline import class_weights, make_dataset
@@ -94,17 +94,6 @@ def _weights_readable(path: Path) -> bool:
             return True
     except Exception:  # noqa: BLE001 - h5py raises OSError and others for a damaged file
         return False
-
-
-def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
-    """(phase, epochs, peak learning rate) in order; phases with 0 epochs are skipped."""
-    if cfg.arch == "cnn":
-        plan = [("finetune", cfg.epochs, cfg.lr), ("settle", cfg.settle_epochs, cfg.lr / 10),
-                ("qat", cfg.qat_epochs, cfg.lr / 10)]
-    else:
-        plan = [("head", cfg.head_epochs, cfg.lr), ("finetune", cfg.epochs, cfg.lr / 10),
-                ("settle", cfg.settle_epochs, cfg.lr / 100), ("qat", cfg.qat_epochs, cfg.lr / 100)]
-    return [p for p in plan if p[1] > 0]
 
 
 def lr_schedule(peak: float, total_steps: int, warmup_steps: int = 0) -> Any:

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 from skinedge.convert.rundir import CONFIG_FILE, SPLIT_FILE, read_history
 
-from .config import MONITOR, TrainConfig, resolve_split_seed
+from .config import MONITOR, TrainConfig, phase_plan, resolve_split_seed
 
 FLOAT_PHASES = ("head", "finetune", "settle")  # phases that train the float model, in order
 # config keys that never tell runs apart: where they were written, caches, and the command line itself
@@ -108,14 +108,12 @@ def _kept(summary: Optional[dict[str, Any]], model: str, otherwise: Optional[flo
 
 def _status(config: dict[str, Any], state: dict[str, Any], histories: dict[str, list[float]]) -> str:
     """The phase a run without a summary is in (or was stopped in) and the epochs it has logged there."""
-    planned = {"head": 0 if config.get("arch") == "cnn" else config.get("head_epochs"),  # cnn has no head phase
-               "finetune": config.get("epochs"), "settle": config.get("settle_epochs"), "qat": config.get("qat_epochs")}
     phases = state.get("phases")
     done = {name for name, phase in (phases.items() if isinstance(phases, dict) else ()) if isinstance(phase, dict)
             and phase.get("done")}
-    for phase in (*FLOAT_PHASES, "qat"):
-        if planned[phase] and phase not in done:
-            return f"{phase} {len(histories[phase])}/{planned[phase]}"
+    for phase, epochs, _ in phase_plan(TrainConfig.from_dict(config)):
+        if phase not in done:
+            return f"{phase} {len(histories[phase])}/{epochs}"
     return "writing outputs"  # every phase done, summary.json not yet written
 
 
@@ -139,11 +137,15 @@ def summarize(path: os.PathLike | str) -> dict[str, Any]:
     # a finished run's summary scores the models it kept (an averaged model, say); the histories score epochs
     float_val = _kept(summary, "float", float_best)
     qat_val = _kept(summary, "qat", qat_best)
+    try:
+        status = "done" if summary else _status(config, state, histories)
+    except (TypeError, ValueError):  # phase_plan compares epochs with 0 and divides the learning rate
+        raise RunsError(f"{run / CONFIG_FILE}: epochs and learning rate must be numbers") from None
     split = run / SPLIT_FILE
     seconds = (summary or {}).get("train_seconds")
     return {
         "run": str(run),
-        "status": "done" if summary else _status(config, state, histories),
+        "status": status,
         "split_sha256": hashlib.sha256(split.read_bytes()).hexdigest() if split.is_file() else None,
         "float_val": float_val,
         "float_best_epoch": float_epoch,  # with --float-from, the source run's (its history comes along)
