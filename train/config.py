@@ -18,13 +18,6 @@ from skinedge.device.atomic import replaced_file
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
 DEFAULT_SEED = 42
 MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight averaging go by (mean per-class recall)
-
-
-def resolve_split_seed(seed: Optional[int], split_seed: Optional[int]) -> Optional[int]:
-    """The seed of a split: split_seed, or seed where none is set (configs made before --split-seed included)."""
-    return seed if split_seed is None else split_seed
-
-
 # the settings a --float-from run chooses itself; every other one is the float run's
 FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed")  # seed: of QAT alone (its split stays)
 
@@ -123,6 +116,11 @@ class TrainConfig:
         """A config from a stored config.json's contents; keys of other versions are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def resolve_split_seed(seed: Optional[int], split_seed: Optional[int]) -> Optional[int]:
+    """The seed of a split: split_seed, or seed where none is set (configs made before --split-seed included)."""
+    return seed if split_seed is None else split_seed
 
 
 def phase_plan(cfg: TrainConfig) -> list[tuple[str, int, float]]:
