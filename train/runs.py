@@ -195,11 +195,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _score(value: Optional[float], epoch: Optional[int], phase: str = "finetune") -> str:
-    """0.704 (ep 21): a score and the epoch it came from; a phase other than fine-tuning or QAT is named."""
+def _score(value: Optional[float], epoch: Optional[int], phase: Optional[str] = None) -> str:
+    """0.704 (ep 21): a score and the epoch it came from; a float phase other than fine-tuning (head, warmup) is
+    named. QAT scores have no phase."""
     if value is None:
         return ""
-    return f"{value:.3f}" + (f" ({'' if phase == 'finetune' else phase + ' '}ep {epoch})" if epoch else "")
+    named = f"{phase} " if phase not in (None, "finetune") else ""
+    return f"{value:.3f}" + (f" ({named}ep {epoch})" if epoch else "")
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
