@@ -196,7 +196,7 @@ def _cell(value: Any) -> str:
 
 
 def _score(value: Optional[float], epoch: Optional[int], phase: Optional[str] = None) -> str:
-    """0.704 (ep 21): a score and the epoch it came from; a float phase other than fine-tuning (head, warmup) is
+    """0.704 (ep 21): a score and the epoch it came from; a float phase other than fine-tuning (head, settle) is
     named. QAT scores have no phase."""
     if value is None:
         return ""
