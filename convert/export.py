@@ -189,7 +189,7 @@ def convert_run(
     cfg, classes, size = run.config, run.classes, run.img_size
 
     t0 = time.time()
-    qat = load_qat_model(cfg["arch"], len(classes), size[0], cfg["alpha"], str(run.path / QAT_WEIGHTS))
+    qat = load_qat_model(cfg["arch"], len(classes), size, cfg["alpha"], str(run.path / QAT_WEIGHTS))
     calib = run.calibration(calibration_images)
     tflite = to_int8_tflite(qat, calib)
     norm = input_normalization(qat)
@@ -247,7 +247,8 @@ def convert_run(
     meta = {
         "name": name or Path(out_dir).name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "architecture": {"arch": cfg["arch"], "alpha": cfg["alpha"], "img_size": cfg["img_size"]},
+        "architecture": {"arch": cfg["arch"], "alpha": cfg["alpha"], "img_size": cfg["img_size"],
+                         **({"img_width": size[1]} if size[1] != size[0] else {})},
         "quantization": {
             "method": "quantization-aware training (tensorflow-model-optimization), full-integer int8",
             "full_integer": True, "ops": sorted(ops), **quant,

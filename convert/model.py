@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -40,12 +40,14 @@ def _cnn(x, num_classes: int):
 
 
 def build_model(
-    arch: str, num_classes: int, img_size: int, alpha: float = 1.0, weights_path: Optional[str] = None,
-    dropout: float = 0.2,
+    arch: str, num_classes: int, img_size: Union[int, tuple[int, int]], alpha: float = 1.0,
+    weights_path: Optional[str] = None, dropout: float = 0.2,
 ) -> keras.Model:
     """The float model: raw pixels in, class probabilities out. All layers sit in one flat functional graph
-    (the backbone is not nested) so tfmot can annotate them one by one."""
-    inputs = keras.Input((img_size, img_size, 3), name="image")
+    (the backbone is not nested) so tfmot can annotate them one by one. `img_size` is N (square) or (height, width):
+    the network is fully convolutional up to its global pooling, so ImageNet weights fit any input shape."""
+    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+    inputs = keras.Input((height, width, 3), name="image")
     if arch == "cnn":
         x = _cnn(inputs, num_classes)
     elif arch == "mobilenetv2":
@@ -55,7 +57,7 @@ def build_model(
         x = keras.layers.Rescaling(1 / 127.5, offset=-128 / 127.5, name=RESCALE)(inputs)
         backbone = keras.applications.MobileNetV2(
             input_tensor=x, include_top=False, alpha=alpha, weights=weights_path,
-            input_shape=(img_size, img_size, 3),
+            input_shape=(height, width, 3),
         )
         x = backbone.output
     else:
@@ -370,13 +372,15 @@ def set_phase(model: keras.Model, phase: str, arch: str, finetune_from: float) -
     log.info("phase %s: %d trainable parameters", phase, n_train)
 
 
-def load_float_model(arch: str, num_classes: int, img_size: int, alpha: float, weights_file: str) -> keras.Model:
+def load_float_model(arch: str, num_classes: int, img_size: Union[int, tuple[int, int]], alpha: float,
+                     weights_file: str) -> keras.Model:
     model = build_model(arch, num_classes, img_size, alpha, weights_path=None)
     model.load_weights(weights_file)
     return model
 
 
-def load_qat_model(arch: str, num_classes: int, img_size: int, alpha: float, weights_file: str) -> keras.Model:
+def load_qat_model(arch: str, num_classes: int, img_size: Union[int, tuple[int, int]], alpha: float,
+                   weights_file: str) -> keras.Model:
     """Rebuild the QAT graph from code and load its weights (no deserialised code: safe by construction)."""
     qat = quantize_model(build_model(arch, num_classes, img_size, alpha, weights_path=None))
     try:

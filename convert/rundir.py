@@ -195,9 +195,11 @@ def _config_problem(config: Any) -> Optional[str]:
     """What makes a run's config.json unusable by the later stages, or None."""
     if not isinstance(config, dict):
         return "not a JSON object"
-    size = config.get("img_size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        return f"img_size {size!r} is not a positive whole number"
+    for key in ("img_size", "img_width"):
+        size = config.get(key)
+        if (key == "img_size" or size is not None) and (isinstance(size, bool) or not isinstance(size, int)
+                                                         or size < 1):
+            return f"{key} {size!r} is not a positive whole number"
     if config.get("arch") not in ("mobilenetv2", "cnn"):
         return f"unknown arch {config.get('arch')!r}"
     if isinstance(config.get("alpha"), bool) or not isinstance(config.get("alpha"), (int, float)):
@@ -242,7 +244,8 @@ class RunDir:
 
     @property
     def img_size(self) -> tuple[int, int]:
-        return (self.config["img_size"], self.config["img_size"])
+        """The model input as (height, width); img_width is absent from square runs (and older configs)."""
+        return (self.config["img_size"], self.config.get("img_width") or self.config["img_size"])
 
     def images(self, split: str) -> tuple[np.ndarray, np.ndarray, list[Sample]]:
         """A split's images, decoded once and cached like in training."""

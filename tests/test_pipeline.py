@@ -220,18 +220,30 @@ def test_train_refuses_to_overwrite_a_run(mobilenet_run: Path):
     assert result.exit_code == 2 and "--resume" in result.output
 
 
-def test_cnn_on_ham10000_end_to_end(tmp_path: Path):
-    """The from-scratch CNN on the HAM10000 layout (lesion-grouped split), through to a device classification."""
+def test_cnn_on_ham10000_end_to_end_at_a_4_by_3_input(tmp_path: Path):
+    """The from-scratch CNN on the HAM10000 layout (lesion-grouped split), through to a device classification, with
+    a 4:3 input (--img-size HxW): every stage keeps the shape, so the model sees HAM10000's whole 200x150 images."""
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    _cli("train", str(shared_path("data", "ham10000")), "--out", str(run), "--arch", "cnn", "--img-size", "48",
+    _cli("train", str(shared_path("data", "ham10000")), "--out", str(run), "--arch", "cnn", "--img-size", "48x64",
          "--epochs", "1", "--qat-epochs", "1", "--limit", "250")
+    config = json.loads((run / "config.json").read_text())
+    assert (config["img_size"], config["img_width"]) == (48, 64)
+    assert all(np.load(f)["x"].shape[1:] == (48, 64, 3) for f in (run / "cache").glob("*.npz"))
     _cli("convert", str(run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["labels"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     assert meta["data"]["layout"] == "ham10000" and meta["flag"]["label"] == "mel"
+    assert (meta["input"]["height"], meta["input"]["width"]) == (48, 64)
+    assert meta["architecture"]["img_width"] == 64
+    from skinedge.device.runtime import load_interpreter
+
+    interpreter = load_interpreter(str(bundle / "model.tflite"))
+    assert list(interpreter.interpreter.get_input_details()[0]["shape"]) == [1, 48, 64, 3]
     image = shared_path("data", "ham10000", "images", "ISIC_0027419.jpg")
     out = _cli("device", "classify", str(bundle), str(image), "--json")
     assert json.loads(out)["label"] in meta["labels"]
+    _cli("device", "selftest", str(bundle))  # the golden outputs were made at 48x64 too
+    _cli("compare", "--run", str(run), "--bundle", str(bundle), "--out", str(tmp_path / "report"), "--limit", "40")
 
 
 def test_extra_train_images_join_training_only_and_the_flag_keeps_the_data_frequencies(tmp_path: Path, caplog):

@@ -78,6 +78,7 @@ def colour_data(tmp_path) -> Path:
 @pytest.mark.parametrize("option", [
     ["--lr", "0"], ["--lr", "-0.1"], ["--lr", "nan"], ["--lr", "inf"], ["--limit", "0"], ["--limit", "-5"],
     ["--qat-epochs", "-1"], ["--head-epochs", "-2"], ["--img-size", "31"], ["--img-size", "100000"],
+    ["--img-size", "64x31"], ["--img-size", "64x"], ["--img-size", "64x64x3"], ["--img-size", "wide"],
     ["--seed", "-1"], ["--split-seed", "x"], ["--val-fraction", "0"], ["--val-fraction", "0.5"],
     ["--test-fraction", "nan"],
     ["--test-fraction", "-0.1"], ["--label-smoothing", "0.9"], ["--label-smoothing", "nan"], ["--patience", "0"],
@@ -272,6 +273,8 @@ def fake_run(tmp_path) -> Path:
     (lambda r: (r / "config.json").write_text("{broken"), "unreadable run files"),
     (lambda r: (r / "config.json").write_text("[1, 2]"), "not a JSON object"),
     (lambda r: (r / "config.json").write_text('{"arch": "cnn", "alpha": 1, "img_size": "big"}'), "img_size"),
+    (lambda r: (r / "config.json").write_text('{"arch": "cnn", "alpha": 1, "img_size": 32, "img_width": 0}'),
+     "img_width 0 is not"),
     (lambda r: (r / "labels.txt").write_bytes(b""), "no labels"),
     (lambda r: (r / "split.csv").write_text("a,b\n1,2\n"), "not a split file"),
     (lambda r: (r / "split.csv").write_bytes(b"split,path,label,group\ntrain,\xff.png,mel,g\ntrain\n"),

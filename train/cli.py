@@ -96,6 +96,26 @@ class WeightsChoice(click.ParamType):
         return value
 
 
+class ImageSize(click.ParamType):
+    """N (a square input) or HxW (height x width, like the model's input shape), each from 32 to MAX_IMG_SIZE."""
+
+    name = "N|HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().replace("×", "x").split("x")
+        try:
+            sizes = [int(p.strip()) for p in parts]
+        except ValueError:
+            sizes = []
+        if len(sizes) not in (1, 2):
+            self.fail(f"{value!r}: expected N or HxW, e.g. 192 or 192x256", param, ctx)
+        if not all(32 <= n <= MAX_IMG_SIZE for n in sizes):
+            self.fail(f"{value!r}: each side must be from 32 to {MAX_IMG_SIZE} px", param, ctx)
+        return (sizes[0], sizes[-1])
+
+
 @click.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Run dir to create.")
@@ -113,8 +133,9 @@ class WeightsChoice(click.ParamType):
               help="Run QAT alone, on another finished run's best float model, with its split and settings (to try "
                    "--settle-epochs, --qat-epochs, --qat-distill or another --seed without training the float model "
                    "again).")
-@click.option("--img-size", type=click.IntRange(32, MAX_IMG_SIZE), default=128, show_default=True,
-              help="Input size (px).")
+@click.option("--img-size", type=ImageSize(), default="128", show_default=True,
+              help="Input size in px: N for N x N, or HxW (height x width): 192x256 keeps the whole of a 4:3 "
+                   "image (HAM10000's 200x150) where N crops its centre square.")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=2, show_default=True,
               help="Epochs training the head on a frozen backbone (mobilenetv2).")
 @click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="Fine-tuning epochs.")
@@ -171,7 +192,7 @@ class WeightsChoice(click.ParamType):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 @click.pass_context
 def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
-          leave_out: Optional[str], float_from: Optional[str], img_size: int, head_epochs: int, epochs: int,
+          leave_out: Optional[str], float_from: Optional[str], img_size: tuple[int, int], head_epochs: int, epochs: int,
           settle_epochs: int, qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float,
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
@@ -196,6 +217,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
       skinedge train ../shared/data/ham10000 --out runs/ham-distilled --float-from runs/ham --qat-distill 0.5
       skinedge train ../shared/data/ham10000 --out runs/ham-more-mel --extra-train ../shared/data/isic9/Train \\
           --extra-label melanoma=mel --extra-label nevus=nv
+      skinedge train ../shared/data/ham10000 --out runs/ham-4x3 --img-size 192x256   # the whole 4:3 image
       skinedge train ../shared/data/ham10000 --out runs/ham-seed7 --seed 7 --split-seed 42   # runs/ham's split
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
@@ -221,7 +243,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
 
     cfg = TrainConfig(
         data=data, out=out, arch=arch, alpha=float(alpha), weights=weights, init_from=init_from, leave_out=leave_out,
-        img_size=img_size, head_epochs=head_epochs, epochs=epochs, settle_epochs=settle_epochs,
+        img_size=img_size[0], img_width=img_size[1] if img_size[1] != img_size[0] else None,
+        head_epochs=head_epochs, epochs=epochs, settle_epochs=settle_epochs,
         qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,

@@ -156,10 +156,10 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
         from skinedge.convert.model import input_normalization, load_float_model, load_qat_model
 
         arch, alpha = run.config["arch"], run.config["alpha"]
-        float_model = load_float_model(arch, len(classes), size[0], alpha, str(run.path / FLOAT_WEIGHTS))
+        float_model = load_float_model(arch, len(classes), size, alpha, str(run.path / FLOAT_WEIGHTS))
         variants.append(_keras_variant("float", "Keras float32", float_model, x, 4 * float_model.count_params()))
         if (run.path / QAT_WEIGHTS).is_file():
-            qat = load_qat_model(arch, len(classes), size[0], alpha, str(run.path / QAT_WEIGHTS))
+            qat = load_qat_model(arch, len(classes), size, alpha, str(run.path / QAT_WEIGHTS))
             variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x, 4 * qat.count_params()))
         with tempfile.TemporaryDirectory() as tmp:
             log.info("post-training quantization of the float model (the PTQ baseline)")

@@ -35,7 +35,10 @@ class TrainConfig:
     #   that run can --init-from this one without having seen them
     float_from: Optional[str] = None  # a finished run dir whose best float model QAT starts from, on its split and
     #   with its float settings: the float phases are not run again (to try QAT recipes on one float model)
-    img_size: int = 128  # square model input in pixels; MobileNetV2 works at any size >= 32
+    img_size: int = 128  # model input height in pixels (and width, unless img_width is set); MobileNetV2 works at
+    #   any size >= 32
+    img_width: Optional[int] = None  # model input width when it differs from the height: 256 with img_size 192 keeps
+    #   the whole of a 4:3 image (HAM10000's 200x150) instead of its centre square. None = square
     head_epochs: int = 2  # float phase 1: train the new head with the backbone frozen (mobilenetv2 only)
     epochs: int = 10  # float phase 2: fine-tune (the upper backbone unfrozen for mobilenetv2, everything for cnn)
     settle_epochs: int = 0  # float phase 3: this many more epochs on unmixed images at a tenth of the fine-tuning lr,
@@ -77,8 +80,8 @@ class TrainConfig:
             raise ValueError(f"unknown arch {self.arch!r}")
         if self.balance not in ("weights", "oversample", "none"):
             raise ValueError(f"unknown balance mode {self.balance!r}")
-        if self.img_size < 32:
-            raise ValueError("img_size must be at least 32")
+        if self.img_size < 32 or (self.img_width is not None and self.img_width < 32):
+            raise ValueError("img_size and img_width must be at least 32")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError("warmup_epochs must be between 0 and the number of fine-tuning epochs")
         if not 0 <= self.swa_epochs <= self.epochs:
@@ -95,6 +98,11 @@ class TrainConfig:
             raise ValueError("extra_labels name classes of extra_train, which is not set")
         if not 0 < self.val_fraction < 0.5 or not 0 <= self.test_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5) and test_fraction in [0, 0.5)")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The model input as (height, width)."""
+        return (self.img_size, self.img_width or self.img_size)
 
     def resolved_split_seed(self) -> Optional[int]:
         """The seed of the split: split_seed, or seed for configs that set none (and configs made before it)."""

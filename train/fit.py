@@ -228,9 +228,9 @@ def _run_phase(
     strategy = _strategy()
     with strategy.scope():
         if start_weights:
-            model = load_float_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, start_weights)
+            model = load_float_model(cfg.arch, num_classes, cfg.input_size, cfg.alpha, start_weights)
         else:
-            model = build_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, weights_path)
+            model = build_model(cfg.arch, num_classes, cfg.input_size, cfg.alpha, weights_path)
             if cfg.init_from:
                 copy_backbone(model, open_source(cfg))
         if phase == "qat":
@@ -240,7 +240,7 @@ def _run_phase(
             rng = np.random.default_rng(cfg.seed)
             calibrate_qat_ranges(model, x[rng.choice(len(x), size=min(len(x), 512), replace=False)])
         if phase == "qat" and cfg.qat_distill and start_weights:
-            teacher = load_float_model(cfg.arch, num_classes, cfg.img_size, cfg.alpha, start_weights)
+            teacher = load_float_model(cfg.arch, num_classes, cfg.input_size, cfg.alpha, start_weights)
             model = Distiller(model, teacher, cfg.qat_distill)
         steps = int(np.ceil(len(y) / cfg.batch_size))
         warmup = round(cfg.warmup_epochs * steps) if phase == "finetune" else 0
@@ -327,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if cfg.float_from and not state["phases"]:
         adopt_float(run, Path(cfg.float_from), state)
     _write_json(state_path, state)
-    size = (cfg.img_size, cfg.img_size)
+    size = cfg.input_size
     cache = cache_dir(cfg.to_dict(), run)
     x_tr, y_tr, _ = D.load_images(D.training_samples(splits), classes, size, cache, cfg.workers)
     x_va, y_va, _ = D.load_images(splits["val"], classes, size, cache, cfg.workers)
@@ -389,14 +389,14 @@ def finish(cfg: TrainConfig, run: Path, classes: list[str], val_xy: tuple[np.nda
     metrics: dict[str, Any] = {}
     if float_best:
         copy_file(Path(float_best), run / FLOAT_WEIGHTS)
-        model = load_float_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / FLOAT_WEIGHTS))
+        model = load_float_model(cfg.arch, len(classes), cfg.input_size, cfg.alpha, str(run / FLOAT_WEIGHTS))
         with replaced_file(run / "float.keras") as tmp:
             model.save(tmp)
         float_probs = model.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         metrics["float"] = classification_metrics(y_va, float_probs, classes)
     if state["phases"].get("qat", {}).get("done"):
         copy_file(_in_run(run, state["phases"]["qat"]["weights"]), run / QAT_WEIGHTS)
-        qat = load_qat_model(cfg.arch, len(classes), cfg.img_size, cfg.alpha, str(run / QAT_WEIGHTS))
+        qat = load_qat_model(cfg.arch, len(classes), cfg.input_size, cfg.alpha, str(run / QAT_WEIGHTS))
         qat_probs = qat.predict(x_va, batch_size=cfg.batch_size, verbose=0)
         ref = float_probs.argmax(1) if float_best else None
         metrics["qat"] = classification_metrics(y_va, qat_probs, classes, reference_pred=ref)
