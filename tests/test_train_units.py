@@ -358,6 +358,36 @@ def test_training_batches_carry_class_weights_blended_like_their_targets(mixup):
     assert all(len(batch) == 2 and batch[1].numpy().max() == 1 for batch in val)  # evaluation never mixes
 
 
+def test_random_transpose_turns_about_half_of_a_batch_and_leaves_the_rest():
+    from skinedge.train.pipeline import random_transpose
+
+    images = np.random.default_rng(0).integers(0, 256, (200, 5, 5, 3)).astype(np.float32)
+    out = random_transpose(images, seed=1).numpy()
+    same = [np.array_equal(o, i) for o, i in zip(out, images)]
+    swapped = [np.array_equal(o, i.transpose(1, 0, 2)) for o, i in zip(out, images)]
+    assert all(a != b for a, b in zip(same, swapped))  # every image is either itself or its transpose
+    assert 70 < sum(swapped) < 130
+
+
+@pytest.mark.parametrize("rot90", [False, True])
+def test_rot90_augmentation_reaches_the_turned_orientations_of_square_images_only(rot90):
+    """With the flips alone a bright top half stays a bright top or bottom half (RandomRotation's +-29 degrees
+    never turn it past 45); --rot90 also turns it into a left or right half, which only a square image can take."""
+    from skinedge.train.pipeline import make_dataset
+
+    x = np.zeros((64, 16, 16, 3), np.uint8)
+    x[:, :8] = 200
+    images = np.concatenate([b[0].numpy() for b in make_dataset(x, np.zeros(64, np.int64), 2, 16, training=True,
+                                                                 seed=5, rot90=rot90)])[..., 0]
+    by_rows = np.abs(images[:, :8].mean((1, 2)) - images[:, 8:].mean((1, 2)))
+    by_columns = np.abs(images[:, :, :8].mean((1, 2)) - images[:, :, 8:].mean((1, 2)))
+    turned = np.mean(by_columns > by_rows)
+    assert 0.3 < turned < 0.7 if rot90 else turned == 0
+    wide = np.zeros((8, 6, 10, 3), np.uint8)
+    batch = next(iter(make_dataset(wide, np.zeros(8, np.int64), 2, 8, training=True, seed=5, rot90=True)))[0]
+    assert batch.shape == (8, 6, 10, 3)  # a wide image is never turned
+
+
 @pytest.mark.parametrize("extra", [["--img-size", "96"], ["--mixup", "0.2"], ["--split-seed", "1"],
                                    ["--warmup-epochs", "1"]])
 def test_float_from_refuses_float_settings_of_its_own(tmp_path, extra):

@@ -189,6 +189,9 @@ class ImageSize(click.ParamType):
               help="Seeds the lesion split (and --limit's sample) alone [default: --seed]. Keep it and change "
                    "--seed to repeat training on the very same split.")
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
+@click.option("--rot90", is_flag=True,
+              help="Augmentation also rotates square images by multiples of 90 degrees (with the flips: all eight "
+                   "orientations of a lesion, which has none of its own).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 @click.pass_context
 def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
@@ -197,7 +200,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
           val_fraction: float, patience: int, warmup_epochs: float, swa_epochs: int, mixup: float, seed: Optional[int],
-          split_seed: Optional[int], no_augment: bool, resume: bool) -> None:
+          split_seed: Optional[int], no_augment: bool, rot90: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -249,7 +252,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
         val_fraction=val_fraction, patience=patience, warmup_epochs=warmup_epochs, swa_epochs=swa_epochs,
-        mixup=mixup, split_seed=split_seed, augment=not no_augment, float_from=float_from, qat_distill=qat_distill,
+        mixup=mixup, split_seed=split_seed, augment=not no_augment, rot90=rot90, float_from=float_from,
+        qat_distill=qat_distill,
         # no --seed beside --float-from: None, and the float run's seed applies
         seed=DEFAULT_SEED if seed is None and not float_from else seed,
     )

@@ -253,7 +253,7 @@ def _run_phase(
     mixup = phase_mixup(cfg, phase)
     ds = make_dataset(x, y, num_classes, cfg.batch_size, training=True, seed=cfg.seed, augment=cfg.augment,
                       oversample=cfg.balance == "oversample", label_smoothing=cfg.label_smoothing,
-                      class_weight=weights, mixup=mixup)
+                      class_weight=weights, mixup=mixup, rot90=cfg.rot90)
     (run / "history").mkdir(exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
     history_csv = run / "history" / f"{phase}.csv"

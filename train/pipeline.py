@@ -2,8 +2,9 @@
 
     ds = make_dataset(x, y, num_classes, batch_size=32, training=True, seed=42)
 
-Dermoscopy images have no canonical orientation, so flips and 90-degree rotations are free; small rotations, zoom
-and mild brightness/contrast/saturation jitter mimic different dermatoscopes and lighting. Augmentation runs on
+Dermoscopy images have no canonical orientation, so flips are free, and so are 90-degree rotations of a square image
+(`rot90=True`: a random transpose, which with the two flips reaches all eight); small rotations, zoom and mild
+brightness/contrast/saturation jitter mimic different dermatoscopes and lighting. Augmentation runs on
 whole batches after batching (vectorised), followed by prefetch so the step never waits for the pipeline.
 
 Class weights travel in the data set as per-image weights (the third element of each batch) rather than through
@@ -63,6 +64,13 @@ def _augmenter(seed: int) -> keras.Sequential:
     )
 
 
+def random_transpose(images: tf.Tensor, seed: int) -> tf.Tensor:
+    """Swap height and width of about half the images of a square batch (a transpose is a 90-degree rotation and a
+    mirroring; after RandomFlip's two flips every one of the eight symmetries of the square is equally likely)."""
+    swap = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < 0.5
+    return tf.where(swap, tf.transpose(images, [0, 2, 1, 3]), images)
+
+
 def _color_jitter(images: tf.Tensor, seed: int) -> tf.Tensor:
     """Mild per-image brightness, contrast and saturation changes on [0, 255] floats."""
     n = tf.shape(images)[0]
@@ -79,7 +87,7 @@ def _color_jitter(images: tf.Tensor, seed: int) -> tf.Tensor:
 def make_dataset(
     x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, training: bool, seed: int = 0,
     augment: bool = True, oversample: bool = False, label_smoothing: float = 0.0,
-    class_weight: Optional[dict[int, float]] = None, mixup: float = 0.0,
+    class_weight: Optional[dict[int, float]] = None, mixup: float = 0.0, rot90: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 255], one-hot labels), plus per-image weights when `class_weight` or
     `mixup` is given.
@@ -115,8 +123,13 @@ def make_dataset(
     if training and augment:
         aug = _augmenter(seed)
 
+        square = x.ndim == 4 and x.shape[1] == x.shape[2]
+
         def augment_batch(images, *rest):
-            return (_color_jitter(aug(images, training=True), seed), *rest)
+            images = aug(images, training=True)
+            if rot90 and square:
+                images = random_transpose(images, seed + 4)
+            return (_color_jitter(images, seed), *rest)
 
         ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
     if training and mixup > 0:
