@@ -7,7 +7,10 @@ The int8 model takes raw RGB uint8 pixels (the model's own rescale is quantized 
 probabilities; every op runs in int8. Before anything is written it is checked against the QAT Keras model on the
 run's validation images, through the device's own ImageClassifier, and refused below `min_agreement` top-1
 agreement. The melanoma flag threshold is chosen on the same validation images for `flag_sensitivity`, on P(melanoma)
-at the training split's class frequencies when the model was trained class-balanced (`flag_frequencies`).
+at the training split's class frequencies when the model was trained class-balanced (`flag_frequencies`). With
+test-time augmentation (`tta="flips"`: the bundle then averages the int8 model over mirrored views of each image),
+the threshold and the validation figures are those of the averaged probabilities; the agreement check stays one
+image against one image, since it checks the conversion, not the views.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from skinedge.device.bundle import FlagRule, embed_metadata, write_bundle
 from skinedge.device.classifier import ImageClassifier
 from skinedge.device.constants import FLAG_PRIORS, INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP
 from skinedge.device.golden import make_golden
+from skinedge.device.preprocess import tta_problem, tta_views
 
 from .metrics import classification_metrics, melanoma_index, threshold_for_sensitivity
 from .model import input_normalization, int32_biases, load_qat_model, rescale_layer
@@ -144,18 +148,21 @@ def tensor_types(classifier: ImageClassifier) -> tuple[set[str], set[str]]:
     return ops, types
 
 
-def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
+def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64, tta: str = "none") -> np.ndarray:
+    """Class probabilities of a Keras model, averaged over the views of test-time augmentation `tta`."""
+    views = [model.predict(v.astype(np.float32), batch_size=batch_size, verbose=0) for v in tta_views(x, tta)]
+    return views[0] if len(views) == 1 else np.mean(views, axis=0)
 
 
 def tflite_classifier(tflite: bytes, workdir: Path, labels: Sequence[str], name: str = "model.tflite",
-                      threads: int = 2, norm: tuple[float, float] = (0.0, 1.0)) -> ImageClassifier:
+                      threads: int = 2, norm: tuple[float, float] = (0.0, 1.0), tta: str = "none"
+                      ) -> ImageClassifier:
     """Load converted bytes through the device's own classifier (labels embedded as in the bundle). `norm` is
     the (mean, std) the model's input means: `input_normalization` of the Keras model for an int8 conversion,
     (0, 1) for a float model that rescales raw pixels itself."""
     path = workdir / name
     path.write_bytes(embed_metadata(tflite, labels, {"mean": norm[0], "std": norm[1]}))
-    return ImageClassifier(path, num_threads=threads)
+    return ImageClassifier(path, num_threads=threads, tta=tta)
 
 
 def reference_kernel_probs(tflite: bytes, x: np.ndarray) -> np.ndarray:
@@ -180,6 +187,7 @@ def reference_kernel_probs(tflite: bytes, x: np.ndarray) -> np.ndarray:
 def convert_run(
     run_dir: str | Path, out_dir: str | Path, min_agreement: float = 0.98, calibration_images: int = 200,
     flag_sensitivity: float = 0.9, name: Optional[str] = None, threads: int = 2, flag_prior: str = "train",
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Convert RUN_DIR's QAT model into a verified int8 bundle at OUT_DIR; returns the bundle's model.json."""
     try:
@@ -187,6 +195,9 @@ def convert_run(
     except RunDirError as exc:
         raise ConvertError(str(exc)) from None
     cfg, classes, size = run.config, run.classes, run.img_size
+    problem = tta_problem(tta, size)
+    if problem:
+        raise ConvertError(f"{run.path}: {problem}")
 
     t0 = time.time()
     qat = load_qat_model(cfg["arch"], len(classes), size, cfg["alpha"], str(run.path / QAT_WEIGHTS))
@@ -204,7 +215,10 @@ def convert_run(
         ops, types = tensor_types(clf)
         if set(types) - {t.__name__ for t in INTEGER_TYPES}:
             raise ConvertError(f"converted model is not full-integer: tensor types {sorted(types)}")
-        probs = clf.predict_batch(x_va)
+        probs = clf.predict_batch(x_va, tta=False)
+        if tta != "none":  # what the bundle will answer: the int8 model averaged over the views
+            views = tta_views(x_va, tta)[1:]  # the first view is the image itself, whose answers are `probs`
+            probs_tta = np.mean([probs, *(clf.predict_batch(v, tta=False) for v in views)], axis=0)
         quant = {
             "input": {"dtype": clf.input_dtype.name, "scale": clf.input_scale, "zero_point": clf.input_zero_point},
             "output": {"dtype": clf.output_dtype.name, "scale": clf.output_scale,
@@ -225,6 +239,10 @@ def convert_run(
             f"below --min-agreement {min_agreement:.1%}; nothing was written{hint}"
         )
 
+    if tta != "none":
+        probs = probs_tta
+        with int32_biases(qat):
+            ref = keras_probs(qat, x_va, tta=tta)
     flag, rule = None, None
     mel = melanoma_index(classes)
     counts = {k: class_counts(v) for k, v in run.splits.items()}
@@ -242,7 +260,7 @@ def convert_run(
     spec = {
         "height": size[0], "width": size[1], "channels": 3, "color": "RGB", "layout": "NHWC", "dtype": "uint8",
         "resize": RESIZE_CENTER_CROP, "interpolation": "bilinear", "range": [0, 255], "mean": norm[0], "std": norm[1],
-        "output": "probabilities", "flag": flag,
+        "output": "probabilities", "tta": tta, "flag": flag,
     }
     meta = {
         "name": name or Path(out_dir).name,

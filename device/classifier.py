@@ -28,7 +28,7 @@ from PIL import Image
 from .bundle import BundleError, FlagRule, ModelSource, load_model_source, read_meta
 from .constants import META_FILE
 from .labels import LabelsError, check_label_count
-from .preprocess import Size, load_image, preprocess
+from .preprocess import Size, load_image, preprocess, tta_problem, tta_views
 from .runtime import load_interpreter
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class ImageClassifier:
         mean: Optional[float] = None,
         std: Optional[float] = None,
         allow_modified: bool = False,
+        tta: Optional[str] = None,
     ) -> None:
         self.source: ModelSource = _load_source(model, labels_path, allow_modified)
         rt = load_interpreter(self.source.model_path, num_threads=num_threads)
@@ -182,6 +183,12 @@ class ImageClassifier:
             str(spec.get("output", "")) or "", None
         )
 
+        # test-time augmentation: the bundle's (chosen with its flag threshold, on validation), unless overridden
+        self.tta: str = tta if tta is not None else spec.get("tta", "none")
+        problem = tta_problem(self.tta, self.input_size)
+        if problem:
+            raise BundleError(f"{path}: {problem}")
+
         labels = self.source.labels
         if labels is None:
             labels = [f"class_{i}" for i in range(self.num_classes)]
@@ -235,6 +242,14 @@ class ImageClassifier:
         self.interpreter.invoke()
         return self._probabilities(self.interpreter.get_tensor(self._output_index))
 
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for preprocessed pixels, averaged over the views of the classifier's test-time
+        augmentation (one invoke per view; `invoke` alone for "none")."""
+        views = tta_views(pixels, self.tta)
+        if len(views) == 1:
+            return self.invoke(views[0])
+        return np.mean([self.invoke(v) for v in views], axis=0, dtype=np.float32)
+
     def top(self, probabilities: np.ndarray, k: Optional[int] = None) -> list[Category]:
         k = min(k or self.top_k, len(probabilities))
         order = np.argsort(-probabilities, kind="stable")[:k]
@@ -258,7 +273,7 @@ class ImageClassifier:
         t0 = time.perf_counter()
         pixels = preprocess(frame, self.input_size)
         t1 = time.perf_counter()
-        self.last_probabilities = self.invoke(pixels)
+        self.last_probabilities = self.probabilities(pixels)
         t2 = time.perf_counter()
         result = self.top(self.last_probabilities, top_k)
         t3 = time.perf_counter()
@@ -276,6 +291,8 @@ class ImageClassifier:
         self.last_timing = {"load_ms": load_ms, **self.last_timing}
         return result
 
-    def predict_batch(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities for many preprocessed images (N x classes), for evaluation on the workstation."""
-        return np.stack([self.invoke(p) for p in pixels]) if len(pixels) else np.zeros((0, self.num_classes))
+    def predict_batch(self, pixels: Sequence[np.ndarray], tta: bool = True) -> np.ndarray:
+        """Probabilities for many preprocessed images (N x classes), for evaluation on the workstation; with the
+        classifier's test-time augmentation unless `tta` is False (one invoke per image: the int8 model alone)."""
+        predict = self.probabilities if tta else self.invoke
+        return np.stack([predict(p) for p in pixels]) if len(pixels) else np.zeros((0, self.num_classes))

@@ -16,7 +16,7 @@ import click
 
 from .bundle import BundleError
 from .classifier import ImageClassifier
-from .constants import NOT_A_DIAGNOSIS
+from .constants import NOT_A_DIAGNOSIS, TTA_VIEWS
 from .labels import LabelsError
 from .preprocess import ImageError, is_image_path
 
@@ -29,6 +29,12 @@ class ModelError(click.ClickException):
     """The model, bundle or labels cannot be used: exit code 2, like a usage error."""
 
     exit_code = EXIT_MODEL_ERROR
+
+
+TTA_OPTION = click.option(
+    "--tta", type=click.Choice(list(TTA_VIEWS)), default=None,
+    help="Average the model over these mirrored or turned views of each image (test-time augmentation; N views "
+         "cost N inferences) [default: the bundle's, else none].")
 
 
 def open_classifier(model: str, labels: Optional[str], threads: int, top_k: int, **kwargs) -> ImageClassifier:
@@ -102,9 +108,10 @@ def device() -> None:
 @click.option("--std", type=click.FloatRange(min=0, min_open=True), help="Float-input models: divide by this.")
 @click.option("--allow-modified", is_flag=True, help="Run a bundle whose model does not match its sha256.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input, one per line.")
+@TTA_OPTION
 def classify(
     model: str, paths: tuple[str, ...], labels: Optional[str], top_k: int, threads: int,
-    mean: Optional[float], std: Optional[float], allow_modified: bool, as_json: bool,
+    mean: Optional[float], std: Optional[float], allow_modified: bool, as_json: bool, tta: Optional[str],
 ) -> None:
     """Classify image files (or folders of them) with MODEL, a bundle folder or a .tflite file.
 
@@ -115,8 +122,10 @@ def classify(
       skinedge device classify models/ham10000 lesion.jpg
       skinedge device classify models/ham10000 photos/ --json > results.jsonl
       skinedge device classify mobilenet.tflite cat.jpg --labels labels.txt --top-k 5
+      skinedge device classify models/ham10000 lesion.jpg --tta none
     """
-    clf = open_classifier(model, labels, threads, top_k, mean=mean, std=std, allow_modified=allow_modified)
+    clf = open_classifier(model, labels, threads, top_k, mean=mean, std=std, allow_modified=allow_modified,
+                          tta=tta)
     failures = total = 0
     if not as_json:
         click.echo(f"# {NOT_A_DIAGNOSIS}", err=True)
@@ -286,10 +295,12 @@ def _check_source(ctx: click.Context, param: click.Parameter, value: Optional[st
 @click.option("--allow-modified", is_flag=True, help="Run a bundle whose model does not match its sha256.")
 @click.option("--read-tries", default=4, show_default=True, type=click.IntRange(min=1),
               help="Attempts per frame (back-off 0.1, 0.2, 0.4 s...) before a failing camera ends the run.")
+@TTA_OPTION
 def run_command(
     model: str, source_spec: Optional[str], frames: Optional[int], interval: float, trigger: str, loop: bool,
     crop: Optional[float], log_dir: Path, save: Optional[bool], preview: Optional[bool], threads: int, top_k: int,
     labels: Optional[str], mean: Optional[float], std: Optional[float], allow_modified: bool, read_tries: int,
+    tta: Optional[str],
 ) -> None:
     """Classify live frames with MODEL: the Pi camera, a USB camera, a folder of images or a video file.
 
@@ -323,7 +334,8 @@ def run_command(
         writable = False
     if not writable:
         raise click.BadParameter(f"{log_dir}: cannot write there", param_hint="--log-dir")
-    clf = open_classifier(model, labels, threads, top_k, mean=mean, std=std, allow_modified=allow_modified)
+    clf = open_classifier(model, labels, threads, top_k, mean=mean, std=std, allow_modified=allow_modified,
+                          tta=tta)
     config = RunConfig(
         source=source_spec, log_dir=log_dir, frames=frames, interval=interval, trigger=trigger,
         save=(trigger == "enter") if save is None else save, crop=crop, top_k=top_k,

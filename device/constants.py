@@ -35,6 +35,16 @@ FLAG_PRIORS = ("train", "none")
 # Preprocessing modes understood by skinedge.device.preprocess (stored in model.json as input.resize).
 RESIZE_CENTER_CROP = "center_crop"
 
+# Test-time augmentation (model.json input.tta, `convert --tta`, `device classify --tta`): the views of an image
+# whose class probabilities are averaged, named as the operations applied to the preprocessed pixels. A lesion
+# has no orientation of its own, so a mirrored or turned view is as good a look at it as the original.
+TTA_VIEWS = {
+    "none": ("identity",),
+    "hflip": ("identity", "flip_lr"),
+    "flips": ("identity", "flip_lr", "flip_ud", "rot180"),
+    "dihedral": ("identity", "flip_lr", "flip_ud", "rot180", "transpose", "rot90", "rot270", "transverse"),
+}
+
 NOT_A_DIAGNOSIS = (
     "skinedge is a research and triage aid, not a medical device: its output is not a diagnosis. "
     "Any lesion of concern must be examined by a qualified clinician."

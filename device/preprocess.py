@@ -24,13 +24,41 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .constants import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
+from .constants import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, TTA_VIEWS
 
 log = logging.getLogger(__name__)
 
 Size = tuple[int, int]  # (height, width)
 _EXIF_ORIENTATION = 0x0112
 PathLike = Union[str, os.PathLike]
+
+
+# each view as an operation on the last three axes (height, width, channels) of one image or a batch
+_VIEW_OPS = {
+    "identity": lambda a: a,
+    "flip_lr": lambda a: a[..., :, ::-1, :],
+    "flip_ud": lambda a: a[..., ::-1, :, :],
+    "rot180": lambda a: a[..., ::-1, ::-1, :],
+    "transpose": lambda a: np.swapaxes(a, -3, -2),
+    "rot90": lambda a: np.swapaxes(a, -3, -2)[..., ::-1, :, :],
+    "rot270": lambda a: np.swapaxes(a, -3, -2)[..., :, ::-1, :],
+    "transverse": lambda a: np.swapaxes(a, -3, -2)[..., ::-1, ::-1, :],
+}
+
+
+def tta_problem(mode: object, size: Size) -> str | None:
+    """Why `mode` cannot be used as test-time augmentation for a model of input `size`, or None."""
+    if mode not in TTA_VIEWS:
+        return f"test-time augmentation {mode!r} is not one of {', '.join(TTA_VIEWS)}"
+    if size[0] != size[1] and any(op in ("transpose", "rot90", "rot270", "transverse") for op in TTA_VIEWS[mode]):
+        return f"test-time augmentation {mode!r} turns images by 90 degrees: needs a square input, not {size}"
+    return None
+
+
+def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The views of preprocessed pixels (one image H x W x 3, or a batch N x H x W x 3) that test-time augmentation
+    `mode` averages over, each contiguous (an interpreter's set_tensor wants that). "none" is [pixels]."""
+    return [np.ascontiguousarray(_VIEW_OPS[op](pixels)) for op in TTA_VIEWS[mode]]
 
 
 class ImageError(ValueError):

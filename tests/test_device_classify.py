@@ -175,6 +175,46 @@ def test_flag_at_class_frequencies_reads_p_melanoma_after_bayes_rule(bundle_copy
     assert clf.flag_score(p) < 0.3 and clf.flagged(p) is False
 
 
+def _with_tta(bundle: Path, tta) -> Path:
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["input"]["tta"] = tta
+    (bundle / "model.json").write_text(json.dumps(meta))
+    return bundle
+
+
+def test_tta_bundle_averages_the_model_over_the_views_of_each_frame(bundle_copy):
+    """A bundle with test-time augmentation answers the mean of the int8 model's answers on the mirrored views;
+    `tta` overrides the bundle's choice."""
+    clf, plain = ImageClassifier(_with_tta(bundle_copy, "flips")), ImageClassifier(bundle_copy, tta="none")
+    assert clf.tta == "flips" and plain.tta == "none"
+    # noise: its mirror images are other images to the model (a solid colour looks the same from every side)
+    frame = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    views = [frame, frame[:, ::-1], frame[::-1], frame[::-1, ::-1]]
+    expected = np.mean([plain.invoke(np.ascontiguousarray(v)) for v in views], axis=0)
+    clf.classify(frame)
+    assert np.allclose(clf.last_probabilities, expected, atol=1e-6)
+    plain.classify(frame)
+    assert not np.allclose(plain.last_probabilities, expected, atol=1e-3)  # the views do change the answer
+    assert np.allclose(clf.predict_batch([frame]), expected[None], atol=1e-6)
+    assert np.allclose(clf.predict_batch([frame], tta=False), plain.last_probabilities[None])
+
+
+@pytest.mark.parametrize("tta", ["rot45", 4, None])
+def test_unknown_tta_in_a_bundle_is_refused_naming_it(bundle_copy, tta):
+    with pytest.raises(BundleError, match=r"model.tflite: test-time augmentation .* is not one of none, hflip"):
+        ImageClassifier(_with_tta(bundle_copy, tta))
+
+
+def test_cli_tta_option_overrides_the_bundle(bundle_copy, colour_files):
+    _with_tta(bundle_copy, "flips")
+    by_bundle, overridden = (json_lines(run_cli(bundle_copy, colour_files["mel"], "--json", *extra))[0]
+                             for extra in ((), ("--tta", "none")))
+    assert by_bundle["label"] == overridden["label"] == "mel"  # a solid colour looks the same from every side
+    assert by_bundle["latency_ms"] > 0 and overridden["latency_ms"] > 0
+    result = run_cli(bundle_copy, colour_files["mel"], "--tta", "sideways")
+    assert result.exit_code == 2 and "'sideways' is not one of 'none', 'hflip', 'flips', 'dihedral'" in result.output
+
+
 def test_two_inputs_refused(fixtures_dir):
     with pytest.raises(BundleError, match="one image input, found 2 inputs") as info:
         ImageClassifier(fixtures_dir / "two_inputs.tflite")

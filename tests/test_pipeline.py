@@ -130,6 +130,36 @@ def test_convert_flag_prior_none_keeps_the_raw_p_melanoma(mobilenet_run: Path, m
     assert weighted.flag_score(p) != pytest.approx(raw.flag_score(p))
 
 
+def test_convert_with_tta_stores_it_and_compare_and_card_score_the_averaged_model(mobilenet_run: Path,
+                                                                                  tmp_path: Path):
+    from skinedge.device.bundle import read_embedded
+    from skinedge.device.classifier import ImageClassifier
+    from skinedge.train.card import commands
+
+    bundle, report = tmp_path / "tta", tmp_path / "report"
+    out = _cli("convert", str(mobilenet_run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT,
+               "--tta", "flips")
+    assert "averaged over 4 views (flips)" in out
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["input"]["tta"] == "flips" and read_embedded(bundle / "model.tflite")[1]["tta"] == "flips"
+    assert ImageClassifier(bundle).tta == "flips"
+    assert any(c.endswith(" --tta flips") for c in commands(meta, str(bundle), "r", str(mobilenet_run)))
+    _cli("compare", "--run", str(mobilenet_run), "--bundle", str(bundle), "--split", "val", "--out", str(report))
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["tta"] == "flips" and "averaged over 4 views" in metrics["images"]
+    # convert chose the flag and scored validation on what the device will answer: compare measures the same
+    assert metrics["variants"]["int8"]["balanced_accuracy"] == pytest.approx(meta["validation"]["balanced_accuracy"])
+    assert metrics["variants"]["int8"]["melanoma"]["flag"] == meta["validation"]["melanoma"]["flag"]
+
+
+def test_convert_refuses_an_unknown_tta_before_any_work(mobilenet_run: Path, tmp_path: Path):
+    from skinedge.cli import main
+
+    result = CliRunner().invoke(main, ["convert", str(mobilenet_run), "--out", str(tmp_path / "b"), "--tta", "x"])
+    assert result.exit_code == 2 and "'x' is not one of 'none', 'hflip', 'flips', 'dihedral'" in result.output
+    assert not (tmp_path / "b").exists()
+
+
 def test_convert_refuses_a_run_without_qat(tmp_path: Path):
     from skinedge.cli import main
 

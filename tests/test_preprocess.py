@@ -15,7 +15,10 @@ from skinedge.device.preprocess import (
     load_and_preprocess,
     load_image,
     preprocess,
+    tta_problem,
+    tta_views,
 )
+from skinedge.device.constants import TTA_VIEWS
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -320,3 +323,32 @@ def test_load_and_preprocess_raises_image_error(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with pytest.raises(ImageError, match="bad.png"):
         load_and_preprocess(path, (8, 8))
+
+
+# -- test-time augmentation views -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", list(TTA_VIEWS))
+def test_tta_views_are_distinct_symmetries_of_the_image(mode):
+    image = np.random.default_rng(0).integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    views = tta_views(image, mode)
+    assert len(views) == len(TTA_VIEWS[mode]) and np.array_equal(views[0], image)
+    assert len({v.tobytes() for v in views}) == len(views)  # no view repeats another
+    assert all(v.flags.c_contiguous and v.shape == image.shape and v.dtype == np.uint8 for v in views)
+    # each view is one of the square's eight symmetries, as numpy writes them
+    symmetries = [np.rot90(m, k) for m in (image, image[:, ::-1]) for k in range(4)]
+    assert all(any(np.array_equal(v, s) for s in symmetries) for v in views)
+
+
+def test_tta_views_of_a_batch_are_the_views_of_each_image():
+    batch = np.random.default_rng(1).integers(0, 256, size=(3, 4, 4, 3), dtype=np.uint8)
+    for i, views in enumerate(zip(*[tta_views(img, "dihedral") for img in batch])):
+        assert np.array_equal(np.stack(views), tta_views(batch, "dihedral")[i])
+
+
+def test_tta_flips_keep_a_wide_image_wide_and_turning_it_is_refused():
+    wide = np.zeros((4, 6, 3), np.uint8)
+    assert {v.shape for v in tta_views(wide, "flips")} == {(4, 6, 3)}
+    assert tta_problem("flips", (4, 6)) is None and tta_problem("none", (4, 6)) is None
+    assert "square" in tta_problem("dihedral", (4, 6)) and tta_problem("dihedral", (6, 6)) is None
+    assert "not one of none, hflip, flips, dihedral" in tta_problem("rot45", (6, 6))

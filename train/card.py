@@ -21,6 +21,7 @@ from skinedge.convert.metrics import proportion_ci
 from skinedge.convert.rundir import read_histories
 from skinedge.device.atomic import replaced_file
 from skinedge.device.bundle import META_FILE
+from skinedge.device.constants import TTA_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ def commands(meta: dict[str, Any], bundle: str, report: str, run: str, prior: Se
         convert += f" --flag-sensitivity {chosen.split()[2]}"
     if flag and flag.get("prior", "none") == "none":  # bundles from before --flag-prior read the raw P as well
         convert += " --flag-prior none"
+    tta = meta.get("input", {}).get("tta", "none")
+    if tta != "none":
+        convert += f" --tta {tta}"
     return [*prior, train, convert,
             f"skinedge compare --run {run} --bundle {bundle} --out {report}",
             f"skinedge card {bundle} --report {report} --run {run}"]
@@ -159,7 +163,10 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                                   + (f"backbone from the run {cfg['init_from']}" if cfg.get("init_from")
                                      else f"ImageNet init: {cfg.get('weights')}")],
                  ["input", f"{inp.get('height')}x{inp.get('width')} RGB {inp.get('dtype')}, raw pixels 0-255, "
-                           f"{inp.get('resize')} then {inp.get('interpolation')} resize (skinedge.device.preprocess)"],
+                           f"{inp.get('resize')} then {inp.get('interpolation')} resize (skinedge.device.preprocess)"
+                           + (f"; test-time augmentation {inp['tta']}: probabilities averaged over "
+                              f"{len(TTA_VIEWS.get(inp['tta'], ()))} views of each image, as many inferences"
+                              if inp.get("tta", "none") != "none" else "")],
                  ["schedule", f"head {_epochs(cfg, ran, 'head', 'head_epochs')} (lr {cfg.get('lr')}), fine-tuning "
                               f"{_epochs(cfg, ran, 'finetune', 'epochs')} (lr/10"
                               + (f" after a {cfg['warmup_epochs']:g}-epoch warm-up" if cfg.get("warmup_epochs") else "")

@@ -21,6 +21,7 @@ from skinedge.cli import (
     one_line,
     os_error,
 )
+from skinedge.device.constants import TTA_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +291,11 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
                    "not --extra-train's images). Otherwise all images.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most N images (stratified).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="TFLite threads.")
+@click.option("--tta", type=click.Choice(list(TTA_VIEWS)), default=None,
+              help="Average every model over these views of each image (test-time augmentation) [default: the "
+                   "bundle's, else none].")
 def compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: str, split: Optional[str],
-            limit: Optional[int], threads: int) -> None:
+            limit: Optional[int], threads: int, tta: Optional[str]) -> None:
     """Compare float, QAT, int8 TFLite and a post-training-quantized baseline on the same labelled images.
 
     Writes metrics.json, report.md and confusion-matrix PNGs to --out. With --bundle alone it evaluates what the
@@ -301,6 +305,7 @@ def compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], 
     Examples:
       skinedge compare --run runs/ham --bundle models/ham --out reports/ham
       skinedge compare ../shared/data/isic9/Train --bundle models/isic9 --out reports/isic9
+      skinedge compare --run runs/ham --split val --tta flips --out reports/ham_val_flips
     """
     if not run_dir and not bundle:
         raise click.UsageError("give --run, --bundle or both")
@@ -310,7 +315,7 @@ def compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], 
     from .compare import CompareError, run_compare
 
     try:
-        result = run_compare(data, run_dir, bundle, Path(out), split, limit, threads)
+        result = run_compare(data, run_dir, bundle, Path(out), split, limit, threads, tta)
     except CompareError as exc:
         raise InputError(one_line(exc)) from None
     except OSError as exc:

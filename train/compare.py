@@ -4,8 +4,10 @@
     result = run_compare(None, "runs/ham", "models/ham", Path("reports/ham"))   # the run's held-out test split
 
 Writes REPORT_DIR/metrics.json, report.html (self-contained: plots and thumbnails embedded), report.md and the PNGs
-(skinedge.train.report). The report dir is assembled in a temporary folder and renamed into place, so an interrupted
-comparison never leaves a half-written report.
+(skinedge.train.report). A bundle with test-time augmentation (model.json input.tta) is scored as the device runs
+it, and so is every other variant, averaged over the same views: like is compared with like. The report dir is
+assembled in a temporary folder and renamed into place, so an interrupted comparison never leaves a half-written
+report.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from skinedge.convert.rundir import (
 from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
+from skinedge.device.constants import TTA_VIEWS
+from skinedge.device.preprocess import tta_problem, tta_views
 
 from . import data as D
 from . import report as R
@@ -55,11 +59,13 @@ def _progress(name: str, total: int) -> tqdm:
     return tqdm(total=total, desc=f"{name:9s}", unit="img", disable=None, dynamic_ncols=True)
 
 
-def _keras_variant(name: str, description: str, model, x: np.ndarray, size_bytes: int) -> Variant:
+def _keras_variant(name: str, description: str, model, x: np.ndarray, size_bytes: int, tta: str = "none"
+                   ) -> Variant:
     batches = []
     with _progress(name, len(x)) as bar:
         for i in range(0, len(x), 64):
-            batches.append(np.asarray(model.predict_on_batch(x[i:i + 64].astype(np.float32))))
+            views = [np.asarray(model.predict_on_batch(v.astype(np.float32))) for v in tta_views(x[i:i + 64], tta)]
+            batches.append(np.mean(views, axis=0))
             bar.update(len(batches[-1]))
     probs = np.concatenate(batches)
     times = []
@@ -75,7 +81,7 @@ def _tflite_variant(name: str, description: str, clf: ImageClassifier, x: np.nda
     with _progress(name, len(x)) as bar:
         for img in x:
             t0 = time.perf_counter()
-            probs.append(clf.invoke(img))
+            probs.append(clf.probabilities(img))  # averaged over the classifier's test-time augmentation
             times.append((time.perf_counter() - t0) * 1e3)
             bar.update()
     size = clf.source.model_path.stat().st_size
@@ -122,8 +128,11 @@ def _table(variants: Sequence[Variant], metrics: dict[str, dict[str, Any]]) -> s
 
 
 def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[str], out: Path,
-                split: Optional[str] = None, limit: Optional[int] = None, threads: int = 2) -> dict[str, Any]:
-    """Evaluate every available variant on the same images; write the report; return metrics and table."""
+                split: Optional[str] = None, limit: Optional[int] = None, threads: int = 2,
+                tta: Optional[str] = None) -> dict[str, Any]:
+    """Evaluate every available variant on the same images; write the report; return metrics and table.
+
+    `tta` overrides the bundle's test-time augmentation (default: the bundle's, or none without a bundle)."""
     try:
         run = RunDir.open(run_dir, require=(FLOAT_WEIGHTS,)) if run_dir else None
     except RunDirError as exc:
@@ -131,7 +140,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     clf = None
     if bundle:
         try:
-            clf = ImageClassifier(bundle, num_threads=threads)
+            clf = ImageClassifier(bundle, num_threads=threads, tta=tta)
         except BundleError as exc:
             raise CompareError(str(exc)) from None
     if run:
@@ -140,7 +149,13 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
             raise CompareError(f"{bundle}: its labels {clf.labels} differ from the run's {classes}")
     else:
         classes, size = clf.labels, clf.input_size
+    tta = clf.tta if clf is not None else (tta or "none")
+    problem = tta_problem(tta, size)
+    if problem:
+        raise CompareError(f"{run_dir or bundle}: {problem}")
     samples, where, unit = _select(data, run, split, limit, run.config.get("seed", 0) if run else 0)
+    if tta != "none":
+        where += f"; every model averaged over {len(TTA_VIEWS[tta])} views of each image (test-time augmentation {tta})"
     source = data or run.config["data"]
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
@@ -157,15 +172,17 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
 
         arch, alpha = run.config["arch"], run.config["alpha"]
         float_model = load_float_model(arch, len(classes), size, alpha, str(run.path / FLOAT_WEIGHTS))
-        variants.append(_keras_variant("float", "Keras float32", float_model, x, 4 * float_model.count_params()))
+        variants.append(_keras_variant("float", "Keras float32", float_model, x, 4 * float_model.count_params(),
+                                       tta))
         if (run.path / QAT_WEIGHTS).is_file():
             qat = load_qat_model(arch, len(classes), size, alpha, str(run.path / QAT_WEIGHTS))
-            variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x, 4 * qat.count_params()))
+            variants.append(_keras_variant("qat", "Keras QAT (fake-quantized)", qat, x, 4 * qat.count_params(),
+                                           tta))
         with tempfile.TemporaryDirectory() as tmp:
             log.info("post-training quantization of the float model (the PTQ baseline)")
             ptq_model = to_int8_tflite(float_model, run.calibration(200))
             ptq = tflite_classifier(ptq_model, Path(tmp), classes, "ptq.tflite", threads,
-                                    norm=input_normalization(float_model))
+                                    norm=input_normalization(float_model), tta=tta)
             variants.append(_tflite_variant("ptq_int8", "int8 TFLite by post-training quantization of the float "
                                             "model (baseline)", ptq, x))
     if clf is not None:
@@ -209,7 +226,7 @@ def run_compare(data: Optional[str], run_dir: Optional[str], bundle: Optional[st
     with staged_dir(out) as tmp_dir:
         R.write_report(tmp_dir, inputs)
         record = {"images": where, "data": str(source), "n": int(len(y)), "classes": list(classes),
-                  "flag_threshold": flag.threshold if flag else None,
+                  "tta": tta, "flag_threshold": flag.threshold if flag else None,
                   "flag_rule": flag.describe() if flag else None, "summary": R.summary(metrics), "variants": metrics,
                   "bootstrap": {k: v for k, v in boot.items() if k != "balanced_accuracy"}}
         (tmp_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
