@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .classifier import ImageClassifier
+from .constants import TTA_VIEWS
 from .golden import _golden_image
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,8 @@ def bench(
 def overhead(clf: ImageClassifier, frame: np.ndarray, frames: int = 200, warmup: int = 10,
              block: int = 10) -> dict[str, Any]:
     """Bare `interpreter.invoke()` (input set once) against `classify(frame)`, timed in alternating blocks of
-    `block` frames; `overhead` is end-to-end p50 / bare invoke p50 (1.0: the runner adds nothing to the model)."""
+    `block` frames; `overhead` is end-to-end p50 / (views x bare invoke p50), where `views` is the number of
+    inferences the classifier's test-time augmentation makes per frame (1.0: the runner adds nothing to the model)."""
     if frames < 1 or warmup < 0 or block < 1:
         raise ValueError(f"need frames >= 1, warmup >= 0, block >= 1 (got {frames}, {warmup}, {block})")
     for _ in range(max(warmup, 1)):
@@ -183,7 +185,8 @@ def overhead(clf: ImageClassifier, frame: np.ndarray, frames: int = 200, warmup:
         _time_classify(clf, frame, n, invoke, prep, e2e)
     out = {"bare_invoke_ms": percentiles(bare), "invoke_ms": percentiles(invoke), "preprocess_ms": percentiles(prep),
            "end_to_end_ms": percentiles(e2e), "fps": round(1e3 * frames / sum(e2e), 1)}
-    out["overhead"] = round(out["end_to_end_ms"]["p50"] / out["bare_invoke_ms"]["p50"], 3)
+    out["views"] = views = len(TTA_VIEWS[clf.tta])
+    out["overhead"] = round(out["end_to_end_ms"]["p50"] / (views * out["bare_invoke_ms"]["p50"]), 3)
     return out
 
 
@@ -353,11 +356,12 @@ def markdown(rep: dict[str, Any]) -> str:
                  (Path(m["model"]).name, "x".join(map(str, m["input"])) + " " + m["input_dtype"], m["bytes"],
                   f"{m['macs'] / 1e6:.1f} M", f"{m['params'] / 1e6:.3f} M", sum(m["ops"].values()))
                  for m in s["models"]]),
-             _table(["model", "threads", "bare invoke p50", "classify invoke p50", "preprocess p50",
+             _table(["model", "threads", "bare invoke p50", "views", "classify invoke p50", "preprocess p50",
                      "end to end p50 (p90)", "overhead", "fps"], [
-                 (Path(r["model"]).name, r["threads"], r["bare_invoke_ms"]["p50"], r["invoke_ms"]["p50"],
-                  r["preprocess_ms"]["p50"], f"{r['end_to_end_ms']['p50']} ({r['end_to_end_ms']['p90']})",
-                  r["overhead"], r["fps"]) for r in s["runs"]])]
+                 (Path(r["model"]).name, r["threads"], r["bare_invoke_ms"]["p50"], r.get("views", 1),
+                  r["invoke_ms"]["p50"], r["preprocess_ms"]["p50"],
+                  f"{r['end_to_end_ms']['p50']} ({r['end_to_end_ms']['p90']})", r["overhead"], r["fps"])
+                 for r in s["runs"]])]
     for cmp in s["comparisons"]:
         parts.append(_table(["threads", f"bare invoke p50, {Path(cmp['against']).name} / {Path(cmp['model']).name}"],
                             sorted(cmp["speedup_bare_invoke"].items())) + f"\n\nsize ratio: {cmp['size_ratio']}x")

@@ -16,9 +16,11 @@ from skinedge.device.bench import (
     bench,
     bench_frame,
     measure_cold_start,
+    overhead,
     peak_rss_mb,
     percentiles,
 )
+from skinedge.device.classifier import ImageClassifier
 
 LATENCIES = ("invoke_ms", "preprocess_ms", "end_to_end_ms")
 KEYS = {"model", "model_bytes", "runtime", "runtime_version", "threads", "frames", "warmup", "frame_shape", "input",
@@ -187,7 +189,8 @@ def test_sweep_json_shape(bundle_dir, fixtures_dir):
         (str(bundle_dir), 1), (str(other), 1), (str(bundle_dir), 2), (str(other), 2)]
     for run in result["runs"]:
         assert set(run) == {"model", "threads", "bare_invoke_ms", "invoke_ms", "preprocess_ms", "end_to_end_ms",
-                            "fps", "overhead"}
+                            "fps", "overhead", "views"}
+        assert run["views"] == 1  # the fixtures have no test-time augmentation
         assert run["overhead"] == round(run["end_to_end_ms"]["p50"] / run["bare_invoke_ms"]["p50"], 3) > 0
     (cmp,) = result["comparisons"]
     assert cmp["model"] == str(bundle_dir) and cmp["against"] == str(other) and set(cmp["speedup_bare_invoke"]) == {
@@ -237,3 +240,12 @@ def test_camera_frame_preprocessing_is_a_box_reduction_of_the_centre_crop():
     strided = np.zeros((480, 700, 3), np.uint8)
     strided[:, :640] = frame
     assert np.array_equal(preprocess(strided[:, :640], (160, 160)), expected)  # a non-contiguous frame
+
+
+def test_overhead_of_a_tta_bundle_counts_one_bare_invoke_per_view(bundle_copy):
+    meta = json.loads((bundle_copy / "model.json").read_text())
+    meta["input"]["tta"] = "flips"
+    (bundle_copy / "model.json").write_text(json.dumps(meta))
+    run = overhead(ImageClassifier(bundle_copy), bench_frame(), frames=5, warmup=1)
+    assert run["views"] == 4
+    assert run["overhead"] == round(run["end_to_end_ms"]["p50"] / (4 * run["bare_invoke_ms"]["p50"]), 3) > 0

@@ -72,8 +72,8 @@ class TrainConfig:
     #   runs with different seeds can train on the very same split and be compared image for image
     augment: bool = True  # flips, small rotation, zoom, mild colour jitter
     rot90: bool = False  # augmentation also transposes square images half the time: with the flips, all eight
-    #   90-degree rotations and mirrorings of a lesion (off by default: the runs that made the shipped bundles had no
-    #   such option, and a stored config without it must train as it did)
+    #   90-degree rotations and mirrorings of a lesion (the shipped recipes use it; off by default, since a config
+    #   stored before the option existed must resume and retrain as it did)
     cache_dir: Optional[str] = None  # where decoded images are cached (.npz); default: RUN_DIR/cache
     workers: int = 0  # image decoding processes; 0 = one per CPU core
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run (e.g. the command)
