@@ -48,7 +48,7 @@ _VIEW_OPS = {
 
 def tta_problem(mode: object, size: Size) -> str | None:
     """Why `mode` cannot be used as test-time augmentation for a model of input `size`, or None."""
-    if mode not in TTA_VIEWS:
+    if not isinstance(mode, str) or mode not in TTA_VIEWS:  # model.json can hold any JSON value (a list: unhashable)
         return f"test-time augmentation {mode!r} is not one of {', '.join(TTA_VIEWS)}"
     if size[0] != size[1] and any(op in ("transpose", "rot90", "rot270", "transverse") for op in TTA_VIEWS[mode]):
         return f"test-time augmentation {mode!r} turns images by 90 degrees: needs a square input, not {size}"

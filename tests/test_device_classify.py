@@ -199,7 +199,7 @@ def test_tta_bundle_averages_the_model_over_the_views_of_each_frame(bundle_copy)
     assert np.allclose(clf.predict_batch([frame], tta=False), plain.last_probabilities[None])
 
 
-@pytest.mark.parametrize("tta", ["rot45", 4, None])
+@pytest.mark.parametrize("tta", ["rot45", 4, None, ["flips"], {"views": 4}])
 def test_unknown_tta_in_a_bundle_is_refused_naming_it(bundle_copy, tta):
     with pytest.raises(BundleError, match=r"model.tflite: test-time augmentation .* is not one of none, hflip"):
         ImageClassifier(_with_tta(bundle_copy, tta))
