@@ -211,14 +211,13 @@ def convert_run(
     with int32_biases(qat):  # the QAT model as the int8 model stores it: biases on their int32 grid
         ref = keras_probs(qat, x_va)
     with tempfile.TemporaryDirectory() as tmp:
-        clf = tflite_classifier(tflite, Path(tmp), classes, threads=threads, norm=norm)
+        clf = tflite_classifier(tflite, Path(tmp), classes, threads=threads, norm=norm, tta=tta)
         ops, types = tensor_types(clf)
         if set(types) - {t.__name__ for t in INTEGER_TYPES}:
             raise ConvertError(f"converted model is not full-integer: tensor types {sorted(types)}")
         probs = clf.predict_batch(x_va, tta=False)
-        if tta != "none":  # what the bundle will answer: the int8 model averaged over the views
-            views = tta_views(x_va, tta)[1:]  # the first view is the image itself, whose answers are `probs`
-            probs_tta = np.mean([probs, *(clf.predict_batch(v, tta=False) for v in views)], axis=0)
+        # what the bundle will answer: averaged over its views by the device's own classifier
+        averaged = clf.predict_batch(x_va) if tta != "none" else probs
         quant = {
             "input": {"dtype": clf.input_dtype.name, "scale": clf.input_scale, "zero_point": clf.input_zero_point},
             "output": {"dtype": clf.output_dtype.name, "scale": clf.output_scale,
@@ -240,7 +239,7 @@ def convert_run(
         )
 
     if tta != "none":
-        probs = probs_tta
+        probs = averaged
         with int32_biases(qat):
             ref = keras_probs(qat, x_va, tta=tta)
     flag, rule = None, None

@@ -31,7 +31,7 @@ from skinedge.device.atomic import staged_dir
 from skinedge.device.bundle import BundleError
 from skinedge.device.classifier import ImageClassifier
 from skinedge.device.constants import TTA_VIEWS
-from skinedge.device.preprocess import tta_problem, tta_views
+from skinedge.device.preprocess import tta_problem
 
 from . import data as D
 from . import report as R
@@ -61,11 +61,12 @@ def _progress(name: str, total: int) -> tqdm:
 
 def _keras_variant(name: str, description: str, model, x: np.ndarray, size_bytes: int, tta: str = "none"
                    ) -> Variant:
+    from skinedge.convert.export import keras_probs
+
     batches = []
     with _progress(name, len(x)) as bar:
         for i in range(0, len(x), 64):
-            views = [np.asarray(model.predict_on_batch(v.astype(np.float32))) for v in tta_views(x[i:i + 64], tta)]
-            batches.append(np.mean(views, axis=0))
+            batches.append(keras_probs(model, x[i:i + 64], tta=tta))
             bar.update(len(batches[-1]))
     probs = np.concatenate(batches)
     times = []
