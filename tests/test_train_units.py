@@ -113,6 +113,23 @@ def test_batchnorm_folding_is_exact():
     np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 
 
+@pytest.mark.parametrize("tta", ["none", "dihedral"])
+def test_keras_probs_average_each_images_views_batch_by_batch(tta):
+    """A batch size that splits the images unevenly gives each image the mean of its own views, nothing else."""
+    from skinedge.convert.export import keras_probs
+    from skinedge.convert.model import build_model
+    from skinedge.device.preprocess import tta_views
+
+    model = build_model("cnn", 3, 16)
+    x = np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    per_image = [np.mean([model.predict(v[None].astype(np.float32), verbose=0)[0] for v in tta_views(img, tta)],
+                         axis=0) for img in x]
+    probs = keras_probs(model, x, batch_size=3, tta=tta)
+    assert probs.shape == (7, 3)
+    np.testing.assert_allclose(probs, per_image, atol=1e-6)
+    assert keras_probs(model, x[:0], tta=tta).shape == (0, 3)
+
+
 def test_qat_fake_quantizes_the_weights_of_convs_before_relus_per_channel(tmp_path, caplog):
     """tfmot's LayerReLUQuantize gives a conv followed by a ReLU a no-op config (no weight quantization); after
     batch-norm folding that is most of MobileNetV2, and the int8 model then ran weights QAT never saw."""
