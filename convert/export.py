@@ -148,14 +148,18 @@ def tensor_types(classifier: ImageClassifier) -> tuple[set[str], set[str]]:
     return ops, types
 
 
-def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64, tta: str = "none") -> np.ndarray:
-    """Class probabilities of a Keras model, averaged over the views of test-time augmentation `tta`.
+def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64, tta: str = "none",
+                on_batch: Optional[Callable[[int], Any]] = None) -> np.ndarray:
+    """Class probabilities of a Keras model, averaged over the views of test-time augmentation `tta`; `on_batch`
+    is called with the number of images in each batch done (a progress bar's `update`).
 
     Views are made a batch at a time: eight float32 copies of a whole validation split would be gigabytes."""
     out = []
     for i in range(0, len(x), batch_size):
         views = [model.predict_on_batch(v.astype(np.float32)) for v in tta_views(x[i:i + batch_size], tta)]
         out.append(views[0] if len(views) == 1 else np.mean(views, axis=0))
+        if on_batch is not None:
+            on_batch(len(out[-1]))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 

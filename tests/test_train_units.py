@@ -124,8 +124,9 @@ def test_keras_probs_average_each_images_views_batch_by_batch(tta):
     x = np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
     per_image = [np.mean([model.predict(v[None].astype(np.float32), verbose=0)[0] for v in tta_views(img, tta)],
                          axis=0) for img in x]
-    probs = keras_probs(model, x, batch_size=3, tta=tta)
-    assert probs.shape == (7, 3)
+    done = []
+    probs = keras_probs(model, x, batch_size=3, tta=tta, on_batch=done.append)
+    assert probs.shape == (7, 3) and done == [3, 3, 1]
     np.testing.assert_allclose(probs, per_image, atol=1e-6)
     assert keras_probs(model, x[:0], tta=tta).shape == (0, 3)
 

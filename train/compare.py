@@ -63,12 +63,8 @@ def _keras_variant(name: str, description: str, model, x: np.ndarray, size_bytes
                    ) -> Variant:
     from skinedge.convert.export import keras_probs
 
-    batches = []
     with _progress(name, len(x)) as bar:
-        for i in range(0, len(x), 64):
-            batches.append(keras_probs(model, x[i:i + 64], tta=tta))
-            bar.update(len(batches[-1]))
-    probs = np.concatenate(batches)
+        probs = keras_probs(model, x, tta=tta, on_batch=bar.update)
     times = []
     for img in x[:LATENCY_SAMPLES]:
         t0 = time.perf_counter()
