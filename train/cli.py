@@ -193,6 +193,9 @@ class ImageSize(click.ParamType):
 @click.option("--rot90", is_flag=True,
               help="Augmentation also rotates square images by multiples of 90 degrees (with the flips: all eight "
                    "orientations of a lesion, which has none of its own).")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic TensorFlow ops and input pipeline: the same command on the same machine gives "
+                   "bit-identical weights (slower; without it CPU runs differ by a few points).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out (its stored config is used).")
 @click.pass_context
 def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weights: str, init_from: Optional[str],
@@ -201,7 +204,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
           val_fraction: float, patience: int, warmup_epochs: float, swa_epochs: int, mixup: float, seed: Optional[int],
-          split_seed: Optional[int], no_augment: bool, rot90: bool, resume: bool) -> None:
+          split_seed: Optional[int], no_augment: bool, rot90: bool, deterministic: bool,
+          resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -223,6 +227,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           --extra-label melanoma=mel --extra-label nevus=nv
       skinedge train ../shared/data/ham10000 --out runs/ham-4x3 --img-size 192x256   # the whole 4:3 image
       skinedge train ../shared/data/ham10000 --out runs/ham-seed7 --seed 7 --split-seed 42   # runs/ham's split
+      skinedge train ../shared/data/ham10000 --out runs/ham-again --deterministic   # bit-reproducible
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
@@ -253,7 +258,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
         val_fraction=val_fraction, patience=patience, warmup_epochs=warmup_epochs, swa_epochs=swa_epochs,
-        mixup=mixup, split_seed=split_seed, augment=not no_augment, rot90=rot90, float_from=float_from,
+        mixup=mixup, split_seed=split_seed, augment=not no_augment, rot90=rot90, deterministic=deterministic,
+        float_from=float_from,
         qat_distill=qat_distill,
         # no --seed beside --float-from: None, and the float run's seed applies
         seed=DEFAULT_SEED if seed is None and not float_from else seed,

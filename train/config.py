@@ -19,7 +19,8 @@ DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
 DEFAULT_SEED = 42
 MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight averaging go by (mean per-class recall)
 # the settings a --float-from run chooses itself; every other one is the float run's
-FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed")  # seed: of QAT alone (its split stays)
+# options a --float-from run sets itself; seed: of QAT alone (its split stays); deterministic: of this run's process
+FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed", "deterministic")
 
 
 @dataclass
@@ -74,6 +75,9 @@ class TrainConfig:
     rot90: bool = False  # augmentation also transposes square images half the time: with the flips, all eight
     #   90-degree rotations and mirrorings of a lesion (the shipped recipes use it; off by default, since a config
     #   stored before the option existed must resume and retrain as it did)
+    deterministic: bool = False  # TensorFlow's deterministic ops (tf.config.experimental.enable_op_determinism):
+    #   the same command, data, machine and library versions give bit-identical weights, at some cost in speed;
+    #   without it, CPU training differs from run to run by a few points of balanced accuracy
     cache_dir: Optional[str] = None  # where decoded images are cached (.npz); default: RUN_DIR/cache
     workers: int = 0  # image decoding processes; 0 = one per CPU core
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run (e.g. the command)

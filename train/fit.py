@@ -317,6 +317,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     t0 = time.time()
     cfg, run, splits, classes = prepare_run(cfg, resume)
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:  # process-wide and one-way: TensorFlow has no public switch back
+        tf.config.experimental.enable_op_determinism()
     state_path = run / "state.json"
     try:
         state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {"phases": {}}
