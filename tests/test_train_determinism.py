@@ -12,7 +12,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from click.testing import CliRunner
 
 from conftest import shared_path
 
@@ -41,16 +40,3 @@ def test_two_deterministic_runs_give_bit_identical_weights(tmp_path: Path):
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{weights}: {name}")
 
-
-def test_deterministic_is_allowed_beside_float_from(tmp_path: Path):
-    """It is a setting of this run's process, not of the float model: --float-from does not refuse it (the run
-    then fails on the missing source run, not on a usage error about the flag)."""
-    from skinedge.cli import main
-
-    (tmp_path / "data" / "a").mkdir(parents=True)
-    (tmp_path / "not-a-run").mkdir()
-    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
-                                       "--float-from", str(tmp_path / "not-a-run"), "--deterministic"])
-    assert result.exit_code == 2, result.output
-    assert "not-a-run" in result.output and "config.json" in result.output
-    assert "--deterministic" not in result.output

@@ -421,13 +421,15 @@ def test_float_from_refuses_float_settings_of_its_own(tmp_path, extra):
     assert extra[0] in result.output and "--float-from" in result.output and "Traceback" not in result.output
 
 
-def test_float_from_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--deterministic"]])
+def test_float_from_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path, extra):
+    """--deterministic is this run's own setting, so --float-from takes it: the one line is about the source run."""
     from skinedge.cli import main
 
     (tmp_path / "data" / "a").mkdir(parents=True)
     (tmp_path / "not-a-run").mkdir()
     result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
-                                       "--float-from", str(tmp_path / "not-a-run")])
+                                       "--float-from", str(tmp_path / "not-a-run"), *extra])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and "not-a-run" in result.output and "config.json" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r" / "state.json").exists()

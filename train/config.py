@@ -18,8 +18,8 @@ from skinedge.device.atomic import replaced_file
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
 DEFAULT_SEED = 42
 MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight averaging go by (mean per-class recall)
-# the settings a --float-from run chooses itself; every other one is the float run's
-# options a --float-from run sets itself; seed: of QAT alone (its split stays); deterministic: of this run's process
+# the settings a --float-from run chooses itself; every other one is the float run's (seed: of QAT alone, its split
+# stays; deterministic: of this run's process)
 FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed", "deterministic")
 
 
