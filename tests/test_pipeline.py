@@ -24,6 +24,11 @@ from conftest import shared_path
 # TFLite's reference kernels, disagree with each other on 10-30% of images), so the smoke runs accept a low top-1
 # agreement; the default (0.98) applies to real runs. The measured agreement is asserted below.
 SMOKE_MIN_AGREEMENT = "0.3"
+# The from-scratch CNN after one epoch answers near-uniformly, and its int8 top-1 is a coin toss against the QAT model
+# (a fresh clone once measured 19.4 % of 36 validation images): the tests that train it check shapes, splits and
+# metadata, so they turn the gate off. The gate itself is tested on the MobileNet smoke run
+# (test_convert_refuses_below_min_agreement_and_writes_nothing).
+CNN_MIN_AGREEMENT = "0"
 
 
 def _cli(*args: str) -> str:
@@ -259,9 +264,10 @@ def test_cnn_on_ham10000_end_to_end_at_a_4_by_3_input(tmp_path: Path):
     config = json.loads((run / "config.json").read_text())
     assert (config["img_size"], config["img_width"]) == (48, 64)
     assert all(np.load(f)["x"].shape[1:] == (48, 64, 3) for f in (run / "cache").glob("*.npz"))
-    _cli("convert", str(run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
+    _cli("convert", str(run), "--out", str(bundle), "--min-agreement", CNN_MIN_AGREEMENT)
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["labels"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert 0 <= meta["verification"]["top1_agreement_vs_qat_keras"] <= 1  # measured and recorded, whatever it is
     assert meta["data"]["layout"] == "ham10000" and meta["flag"]["label"] == "mel"
     assert (meta["input"]["height"], meta["input"]["width"]) == (48, 64)
     assert meta["architecture"]["img_width"] == 64
@@ -304,7 +310,7 @@ def test_extra_train_images_join_training_only_and_the_flag_keeps_the_data_frequ
     lines = [r.getMessage() for r in caplog.records if r.name == "skinedge.train.fit"]
     assert any(m.startswith("extra: 19 images {") for m in lines), lines
     assert any(m.startswith("train: ") and " lesions {" in m for m in lines), lines
-    _cli("convert", str(run), "--out", str(bundle), "--min-agreement", SMOKE_MIN_AGREEMENT)
+    _cli("convert", str(run), "--out", str(bundle), "--min-agreement", CNN_MIN_AGREEMENT)
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["data"]["extra_train"] == {"source": str(isic), "labels": {"melanoma": "mel", "nevus": "nv"}}
     assert meta["data"]["split_counts"]["extra"] == {"mel": 11, "nv": 8}
