@@ -66,7 +66,15 @@ def test_card_holds_the_recorded_figures_and_commands(tmp_path):
     assert "87.5 %" in card and "83.0 %" in card  # the flag's test-split operating point
     assert "30 min" in card and "test CPU, 2 cores" in card and "| test | 10 | 11 | 21 |" in card
     assert "not a diagnosis" in card and not list(bundle.glob(".tmp-*"))
-    assert "SWA" not in card and "mixup" not in card  # no weight averaging or mixup in this run
+    assert "SWA" not in card and "EMA" not in card and "mixup" not in card  # no weight averaging or mixup here
+
+
+def test_card_says_fine_tuning_was_scored_on_a_moving_average(tmp_path):
+    bundle, report, run = _setup(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["training"]["config"]["ema"] = 0.998
+    (bundle / "model.json").write_text(json.dumps(meta))
+    assert "moving average of its weights (EMA, decay 0.998 per step)" in _card(bundle, report, run)
 
 
 def test_card_says_whether_the_weight_average_was_kept(tmp_path):

@@ -128,7 +128,11 @@ def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> s
 
 
 def _swa(cfg: dict[str, Any], summary: Optional[dict[str, Any]]) -> str:
-    """The schedule's note on weight averaging: how many epochs, and whether the average won on validation."""
+    """The schedule's note on weight averaging: how many epochs, and whether the average won on validation; or the
+    moving average (--ema) that fine-tuning was scored and checkpointed on."""
+    if cfg.get("ema"):
+        return (f"; fine-tuning validated and checkpointed a moving average of its weights (EMA, decay {cfg['ema']:g} "
+                "per step)")
     if not cfg.get("swa_epochs"):
         return ""
     done = ((summary or {}).get("phases", {}).get("finetune") or {}).get("swa")

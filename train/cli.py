@@ -179,6 +179,9 @@ class ImageSize(click.ParamType):
 @click.option("--swa-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also average the weights of the last N fine-tuning epochs (SWA); the average is kept only if it "
                    "beats the best single epoch on validation.")
+@click.option("--ema", type=FiniteFloatRange(0, 1, max_open=True), default=0.0, show_default=True, metavar="DECAY",
+              help="Fine-tuning: validate, checkpoint and early-stop on a moving average of the weights, DECAY per "
+                   "step (0.998 averages about the last 500 steps; 0: off), as timm and Ultralytics do.")
 @click.option("--mixup", type=FiniteFloatRange(0, 10), default=0.0, show_default=True,
               help="Blend training images and their labels in pairs, the share drawn from Beta(A, A) (mixup; 0.2-0.4 "
                    "regularises; 0: off). Float phases only: QAT trains on unmixed images.")
@@ -203,8 +206,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           settle_epochs: int, qat_epochs: int, qat_distill: float, batch_size: int, lr: float, finetune_from: float,
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
-          val_fraction: float, patience: int, warmup_epochs: float, swa_epochs: int, mixup: float, seed: Optional[int],
-          split_seed: Optional[int], no_augment: bool, rot90: bool, deterministic: bool,
+          val_fraction: float, patience: int, warmup_epochs: float, swa_epochs: int, ema: float, mixup: float,
+          seed: Optional[int], split_seed: Optional[int], no_augment: bool, rot90: bool, deterministic: bool,
           resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
@@ -228,6 +231,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
       skinedge train ../shared/data/ham10000 --out runs/ham-4x3 --img-size 192x256   # the whole 4:3 image
       skinedge train ../shared/data/ham10000 --out runs/ham-seed7 --seed 7 --split-seed 42   # runs/ham's split
       skinedge train ../shared/data/ham10000 --out runs/ham-again --deterministic   # bit-reproducible
+      skinedge train ../shared/data/ham10000 --out runs/ham-ema --ema 0.998   # score a moving average
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
@@ -241,6 +245,9 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
     if swa_epochs > epochs:
         raise click.BadParameter(f"{swa_epochs} is more than the {epochs} fine-tuning epochs (--epochs).",
                                  param_hint="'--swa-epochs'")
+    if ema and swa_epochs:
+        raise click.BadParameter("and --swa-epochs both average the fine-tuning weights: choose one.",
+                                 param_hint="'--ema'")
 
     from skinedge.convert.rundir import RunDirError
 
@@ -257,7 +264,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         qat_epochs=qat_epochs, batch_size=batch_size, lr=lr,
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
-        val_fraction=val_fraction, patience=patience, warmup_epochs=warmup_epochs, swa_epochs=swa_epochs,
+        val_fraction=val_fraction, patience=patience, warmup_epochs=warmup_epochs, swa_epochs=swa_epochs, ema=ema,
         mixup=mixup, split_seed=split_seed, augment=not no_augment, rot90=rot90, deterministic=deterministic,
         float_from=float_from,
         qat_distill=qat_distill,

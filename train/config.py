@@ -65,6 +65,9 @@ class TrainConfig:
     #   warmup_epochs): full-size first Adam steps on a whole pretrained backbone can knock it back to chance. 0 = off
     swa_epochs: int = 0  # fine-tuning: also average the weights of its last N epochs (SWA); the average replaces
     #   the best single epoch only if it scores higher on validation. 0 = off
+    ema: float = 0.0  # fine-tuning: keep a moving average of the weights, this decay per step (0.998: about the
+    #   last 500 steps), and validate, checkpoint and early-stop on it instead of the live weights (timm's
+    #   ModelEmaV2, Ultralytics' ModelEMA). 0 = off
     mixup: float = 0.0  # float phases: blend each training image and its target with another's, the share drawn
     #   from Beta(mixup, mixup) (0.2-0.4 regularises); QAT trains on unmixed images. 0 = off
     seed: Optional[int] = DEFAULT_SEED  # seeds weight init, sampling and augmentation, and the split unless
@@ -93,6 +96,10 @@ class TrainConfig:
             raise ValueError("warmup_epochs must be between 0 and the number of fine-tuning epochs")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError("swa_epochs must be between 0 and the number of fine-tuning epochs")
+        if not 0 <= self.ema < 1:
+            raise ValueError("ema must be between 0 (off) and 1 (exclusive)")
+        if self.ema and self.swa_epochs:
+            raise ValueError("ema and swa_epochs both average the fine-tuning weights: choose one")
         if self.settle_epochs < 0:
             raise ValueError("settle_epochs must be 0 (off) or more")
         if not 0 <= self.mixup <= 10:

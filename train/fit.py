@@ -48,6 +48,7 @@ from .distill import Distiller
 from .monitor import MONITOR, TrainBalancedAccuracy, ValidationMetrics, validation_scores
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
+from .ema import ModelEMA
 from .swa import WeightAverage
 from .warmstart import adopt_float, copy_backbone, float_run, left_out, open_run, open_source, pinned_groups
 from .weights import resolve_weights
@@ -265,15 +266,23 @@ def _run_phase(
         log.warning("%s: damaged (the run was stopped while writing it); the next epoch writes it again", best_file)
         best_file.unlink()
         best = None
+    ema = None
+    if phase == "finetune" and cfg.ema:
+        ema_file = run / "checkpoints" / f"{phase}.ema.npz"
+        if not resume:
+            ema_file.unlink(missing_ok=True)
+        ema = ModelEMA(cfg.ema, ema_file)
     callbacks = [
+        *([ema.scoring()] if ema else []),  # first: what follows scores and saves the averaged weights
         ValidationMetrics(*val_xy, num_classes, cfg.batch_size),
-        keras.callbacks.BackupAndRestore(str(run / "backup" / phase)),
         keras.callbacks.ModelCheckpoint(
             str(best_file), monitor=MONITOR, mode="max", save_best_only=True, save_weights_only=True,
             initial_value_threshold=best,
         ),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
+        *([ema] if ema else []),  # swaps the live weights back before the backup takes them
+        keras.callbacks.BackupAndRestore(str(run / "backup" / phase)),
     ]
     swa = None
     if phase == "finetune" and cfg.swa_epochs:
@@ -282,12 +291,15 @@ def _run_phase(
             swa_file.unlink(missing_ok=True)
         swa = WeightAverage(epochs - cfg.swa_epochs, swa_file)
         callbacks.append(swa)
-    log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch%s%s", phase, epochs, lr, steps,
-             f", mixup {mixup}" if mixup else "", f", distilling the float model ({model.weight:g} of each target)"
+    log.info("phase %s: %d epochs, lr %.2g, %d steps/epoch%s%s%s", phase, epochs, lr, steps,
+             f", mixup {mixup}" if mixup else "", f", scoring a moving average of the weights (decay {cfg.ema:g})"
+             if ema else "", f", distilling the float model ({model.weight:g} of each target)"
              if isinstance(model, Distiller) else "")
     # class weights come with each batch (make_dataset), blended with the images when they are mixed
     model.fit(ds, epochs=epochs, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     if not best_file.exists():  # every epoch was worse than the threshold carried over from before a resume
+        if ema:
+            ema.swap_in()
         model.save_weights(str(best_file))
     best = float(_best_so_far(history_csv) or 0.0)
     averaged = _use_average(swa, model, val_xy, cfg.batch_size, best, best_file) if swa else None
