@@ -451,3 +451,43 @@ def test_compare_refuses_to_replace_a_folder_that_is_not_a_report(resumed_run, b
     result = cli("compare", colour_data, "--bundle", bundle_copy, "--out", out)
     assert_one_line_error(result, 2, "not a skinedge report", "refusing")
     assert snapshot(out) == before
+
+
+def test_a_killed_phase_with_ema_resumes_the_same_moving_average(tmp_path):
+    """--ema across a SIGKILL mid-epoch: the resumed phase takes the average up where the last backup left it, so
+    after all 6 epochs it has taken in exactly 6 epochs' steps (restarted, it would hold fewer; a replayed epoch
+    counted twice, more), and no epoch is logged twice."""
+    import re
+
+    import numpy as np
+
+    data, run = shared_path("data", "isic9", "Train"), tmp_path / "ema"
+    args = [a for a in TRAIN_ARGS if a not in ("--swa-epochs", "3")]
+    args[args.index("--epochs") + 1] = "6"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run), *args,
+                                 "--qat-epochs", "0", "--ema", "0.9"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        backup_index, deadline = run / "backup" / "finetune" / "chief" / "checkpoint", time.time() + 240
+        try:
+            while not (backup_index.exists() and epochs_logged(run / "history" / "finetune.csv") >= 1):
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.time() < deadline, "no fine-tuning backup within 240 s"
+                time.sleep(0.05)
+            time.sleep(0.4)  # into the next epoch
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "finetune" not in json.loads((run / "state.json").read_text())["phases"]
+    resumed = subprocess.run([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run), "--resume"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing the moving average of the weights" in resumed.stderr
+    steps_per_epoch = int(re.search(r"phase finetune: 6 epochs, .*?(\d+) steps/epoch, scoring a moving average",
+                                    resumed.stderr).group(1))
+    with np.load(run / "checkpoints" / "finetune.ema.npz") as saved:
+        assert int(saved["steps"]) == 6 * steps_per_epoch
+    epochs = [int(line.split(",")[0]) for line in (run / "history" / "finetune.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(6))

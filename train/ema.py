@@ -1,8 +1,8 @@
 """An exponential moving average (EMA) of the weights during fine-tuning, scored and checkpointed in their place.
 
     ema = ModelEMA(0.998, run / "checkpoints" / "finetune.ema.npz")
-    callbacks = [ema.scoring(), ValidationMetrics(...), ModelCheckpoint(...), EarlyStopping(...), CSVLogger(...),
-                 ema, BackupAndRestore(...)]
+    callbacks = [ema.scoring(), ValidationMetrics(...), ModelCheckpoint(...), ema, BackupAndRestore(...),
+                 EarlyStopping(...), CSVLogger(...)]
     model.fit(ds, epochs=16, callbacks=callbacks)   # the checkpoint holds the best *averaged* weights
 
 After every training step the average moves towards the live weights: ema = d * ema + (1 - d) * w, with d warmed up
@@ -14,10 +14,10 @@ run's validation balanced accuracy swings by several points from epoch to epoch 
 images decide whole points), so the best single epoch is partly luck; an average over the last few hundred steps is
 steadier, and averaged weights tend to generalise better (Polyak averaging).
 
-The callbacks' order matters: `ema.scoring()` first (swap in), `ema` itself after the callbacks that read the scores
-and before BackupAndRestore, so the backup holds the live weights. The average and its step count are written to
-`state_file` after every epoch (through a temporary file renamed into place) and read back when training starts, so
-a phase resumed with BackupAndRestore continues the same average.
+The callbacks' order matters: `ema.scoring()` first (swap in), `ema` itself after the callbacks that score and save
+the averaged weights and before BackupAndRestore, so the backup holds the live weights. The average and its step
+count are written to `state_file` after every epoch (through a temporary file renamed into place) and read back when
+training starts, so a phase resumed with BackupAndRestore continues the same average.
 """
 
 from __future__ import annotations

@@ -272,17 +272,19 @@ def _run_phase(
         if not resume:
             ema_file.unlink(missing_ok=True)
         ema = ModelEMA(cfg.ema, ema_file)
+    # In this order at each epoch's end: score, keep the best, back up (the epoch's history row comes after its
+    # backup, so a resumed phase never logs an epoch twice), then early stopping and the history.
     callbacks = [
-        *([ema.scoring()] if ema else []),  # first: what follows scores and saves the averaged weights
+        *([ema.scoring()] if ema else []),  # swaps the averaged weights in for the scores and the checkpoint
         ValidationMetrics(*val_xy, num_classes, cfg.batch_size),
         keras.callbacks.ModelCheckpoint(
             str(best_file), monitor=MONITOR, mode="max", save_best_only=True, save_weights_only=True,
             initial_value_threshold=best,
         ),
+        *([ema] if ema else []),  # swaps the live weights back (and saves the average) before the backup
+        keras.callbacks.BackupAndRestore(str(run / "backup" / phase)),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
-        *([ema] if ema else []),  # swaps the live weights back before the backup takes them
-        keras.callbacks.BackupAndRestore(str(run / "backup" / phase)),
     ]
     swa = None
     if phase == "finetune" and cfg.swa_epochs:
