@@ -47,6 +47,26 @@ def snapshot(root: Path) -> dict[str, bytes]:
 # -- kill -9 mid-epoch, then --resume ---------------------------------------------------------------------------
 
 
+def kill_mid_phase(args: list[str], run: Path, phase: str, log_path: Path, env: dict[str, str]) -> None:
+    """Run `skinedge ARGS` and SIGKILL it in the middle of an epoch of `phase`, once that phase's first backup and
+    its history row exist (on a busy machine the gap between the two can outlast any fixed sleep)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "skinedge", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
+        backup_index, deadline = run / "backup" / phase / "chief" / "checkpoint", time.time() + 240
+        try:
+            while not (backup_index.exists() and epochs_logged(run / "history" / f"{phase}.csv") >= 1):
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, f"no {phase} backup within 240 s"
+                time.sleep(0.05)
+            time.sleep(0.3)  # into the next epoch
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory) -> dict:
     """Start training in a subprocess, SIGKILL it in the middle of an epoch once the first backup checkpoint
@@ -146,22 +166,8 @@ def test_distilled_qat_killed_mid_phase_resumes_and_saves_the_student(resumed_ru
 
     data, run = shared_path("data", "isic9", "Train"), tmp_path / "distilled"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run),
-                                 "--float-from", str(resumed_run["run"].resolve()), "--qat-epochs", "6",
-                                 "--qat-distill", "1"], stdout=log, stderr=subprocess.STDOUT, env=env)
-        backup_index, deadline = run / "backup" / "qat" / "chief" / "checkpoint", time.time() + 240
-        try:
-            while not backup_index.exists():
-                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.time() < deadline, "no QAT backup within 240 s"
-                time.sleep(0.05)
-            time.sleep(0.3)
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(30) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    kill_mid_phase(["train", str(data), "--out", str(run), "--float-from", str(resumed_run["run"].resolve()),
+                    "--qat-epochs", "6", "--qat-distill", "1"], run, "qat", tmp_path / "first.log", env)
     assert "qat" not in json.loads((run / "state.json").read_text())["phases"]
     resumed = subprocess.run([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run), "--resume"],
                              capture_output=True, text=True, env=env, timeout=600)
@@ -465,21 +471,8 @@ def test_a_killed_phase_with_ema_resumes_the_same_moving_average(tmp_path):
     args = [a for a in TRAIN_ARGS if a not in ("--swa-epochs", "3")]
     args[args.index("--epochs") + 1] = "6"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run), *args,
-                                 "--qat-epochs", "0", "--ema", "0.9"], stdout=log, stderr=subprocess.STDOUT, env=env)
-        backup_index, deadline = run / "backup" / "finetune" / "chief" / "checkpoint", time.time() + 240
-        try:
-            while not (backup_index.exists() and epochs_logged(run / "history" / "finetune.csv") >= 1):
-                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.time() < deadline, "no fine-tuning backup within 240 s"
-                time.sleep(0.05)
-            time.sleep(0.4)  # into the next epoch
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(30) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    kill_mid_phase(["train", str(data), "--out", str(run), *args, "--qat-epochs", "0", "--ema", "0.9"], run,
+                   "finetune", tmp_path / "first.log", env)
     assert "finetune" not in json.loads((run / "state.json").read_text())["phases"]
     resumed = subprocess.run([sys.executable, "-m", "skinedge", "train", str(data), "--out", str(run), "--resume"],
                              capture_output=True, text=True, env=env, timeout=600)
