@@ -181,7 +181,7 @@ class ImageSize(click.ParamType):
                    "beats the best single epoch on validation.")
 @click.option("--ema", type=FiniteFloatRange(0, 1, max_open=True), default=0.0, show_default=True, metavar="DECAY",
               help="Fine-tuning: validate, checkpoint and early-stop on a moving average of the weights, DECAY per "
-                   "step (0.998 averages about the last 500 steps; 0: off), as timm and Ultralytics do.")
+                   "step (0.998 averages about the last 500 steps once warmed up; 0: off), as timm and Ultralytics do.")
 @click.option("--mixup", type=FiniteFloatRange(0, 10), default=0.0, show_default=True,
               help="Blend training images and their labels in pairs, the share drawn from Beta(A, A) (mixup; 0.2-0.4 "
                    "regularises; 0: off). Float phases only: QAT trains on unmixed images.")

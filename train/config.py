@@ -66,8 +66,8 @@ class TrainConfig:
     swa_epochs: int = 0  # fine-tuning: also average the weights of its last N epochs (SWA); the average replaces
     #   the best single epoch only if it scores higher on validation. 0 = off
     ema: float = 0.0  # fine-tuning: keep a moving average of the weights, this decay per step (0.998: about the
-    #   last 500 steps), and validate, checkpoint and early-stop on it instead of the live weights (timm's
-    #   ModelEmaV2, Ultralytics' ModelEMA). 0 = off
+    #   last 500 steps once its warm-up, (1 + t) / (10 + t) at step t, passes 0.998 at step 4490), and validate,
+    #   checkpoint and early-stop on it instead of the live weights (timm's ModelEmaV2, Ultralytics' ModelEMA). 0 = off
     mixup: float = 0.0  # float phases: blend each training image and its target with another's, the share drawn
     #   from Beta(mixup, mixup) (0.2-0.4 regularises); QAT trains on unmixed images. 0 = off
     seed: Optional[int] = DEFAULT_SEED  # seeds weight init, sampling and augmentation, and the split unless
