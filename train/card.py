@@ -127,7 +127,7 @@ def _epochs(cfg: dict[str, Any], ran: dict[str, int], phase: str, key: str) -> s
     return f"{planned} epochs"
 
 
-def _swa(cfg: dict[str, Any], summary: Optional[dict[str, Any]]) -> str:
+def _weight_averaging(cfg: dict[str, Any], summary: Optional[dict[str, Any]]) -> str:
     """The schedule's note on weight averaging: how many epochs, and whether the average won on validation; or the
     moving average (--ema) that fine-tuning was scored and checkpointed on."""
     if cfg.get("ema"):
@@ -190,7 +190,7 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                               + f"seed {cfg.get('seed')}"
                               + (f" (split seed {cfg['split_seed']})"
                                  if cfg.get("split_seed") not in (None, cfg.get("seed")) else "")
-                              + _swa(cfg, summary)],
+                              + _weight_averaging(cfg, summary)],
                  ["quantization", f"{q.get('method')}; {q.get('calibration_images')} calibration images; tools "
                                   + ", ".join(f"{k} {v}" for k, v in q.get("tools", {}).items())],
                  ["training time", train_time or _train_time(seconds, (summary or {}).get("float_train_seconds"))],
