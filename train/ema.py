@@ -26,10 +26,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from skinedge.convert.tfcompat import keras, tf
-from skinedge.device.atomic import replaced_file
+
+from .swa import load_average, save_average
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +65,14 @@ class ModelEMA(keras.callbacks.Callback):
         self._pending_start = not self._load(watched)
 
     def _load(self, watched: list[tf.Variable]) -> bool:
-        if not self.state_file.exists():
+        loaded = load_average(self.state_file, [tuple(w.shape) for w in watched], ("steps",))
+        if loaded is None:
             return False
-        try:
-            with np.load(self.state_file, allow_pickle=False) as saved:
-                values = [saved[f"w{i}"] for i in range(int(saved["n_weights"]))]
-                steps = int(saved["steps"])
-        except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged file
-            log.warning("%s: unreadable (%s); the weight average starts again", self.state_file, exc)
-            return False
-        if [v.shape for v in values] != [tuple(w.shape) for w in watched]:
-            log.warning("%s: holds weights of another model; the weight average starts again", self.state_file)
-            return False
+        values, counters = loaded
         for s, v in zip(self.shadow, values):
             s.assign(v)
-        self.steps.assign(steps)
-        log.info("continuing the moving average of the weights after %d steps", steps)
+        self.steps.assign(counters["steps"])
+        log.info("continuing the moving average of the weights after %d steps", counters["steps"])
         return True
 
     def _update(self) -> None:
@@ -120,9 +111,7 @@ class ModelEMA(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         self.swap_out()
-        with replaced_file(self.state_file) as tmp:
-            np.savez(tmp, n_weights=len(self.shadow), steps=int(self.steps.numpy()),
-                     **{f"w{i}": s.numpy() for i, s in enumerate(self.shadow)})
+        save_average(self.state_file, [s.numpy() for s in self.shadow], steps=int(self.steps.numpy()))
 
     def scoring(self) -> keras.callbacks.Callback:
         """The callback to put first: at the end of each epoch it swaps the average in for the scores to read."""

@@ -45,10 +45,10 @@ from skinedge.device.labels import format_labels
 from . import data as D
 from .config import TrainConfig, phase_plan
 from .distill import Distiller
+from .ema import ModelEMA
 from .monitor import MONITOR, TrainBalancedAccuracy, ValidationMetrics, validation_scores
 from .pipeline import class_weights, make_dataset
 from .plots import plot_history
-from .ema import ModelEMA
 from .swa import WeightAverage
 from .warmstart import adopt_float, copy_backbone, float_run, left_out, open_run, open_source, pinned_groups
 from .weights import resolve_weights

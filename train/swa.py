@@ -29,6 +29,33 @@ from skinedge.device.atomic import replaced_file
 log = logging.getLogger(__name__)
 
 
+def save_average(path: Path, weights: list[np.ndarray], **counters: int) -> None:
+    """Write a weight average and its counters to `path`, whole or not at all (a temporary file renamed into place),
+    for `load_average` to read back when an interrupted phase resumes."""
+    with replaced_file(path) as tmp:
+        np.savez(tmp, n_weights=len(weights), **counters, **{f"w{i}": w for i, w in enumerate(weights)})
+
+
+def load_average(path: Path, shapes: list[tuple[int, ...]], counters: tuple[str, ...],
+                 ) -> Optional[tuple[list[np.ndarray], dict[str, int]]]:
+    """(weights, {counter: value}) as `save_average` wrote them; None where there is no file, or, with a warning,
+    where it is damaged or holds weights of other `shapes`: the average then starts again rather than the run
+    stopping."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            weights = [saved[f"w{i}"] for i in range(int(saved["n_weights"]))]
+            values = {name: int(saved[name]) for name in counters}
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged file
+        log.warning("%s: unreadable (%s); the weight average starts again", path, exc)
+        return None
+    if [w.shape for w in weights] != [tuple(shape) for shape in shapes]:
+        log.warning("%s: holds weights of another model; the weight average starts again", path)
+        return None
+    return weights, values
+
+
 class WeightAverage(keras.callbacks.Callback):
     """Running mean of the model's weights at the end of every epoch from `start_epoch` (0-based) on.
 
@@ -45,20 +72,12 @@ class WeightAverage(keras.callbacks.Callback):
         self.last_epoch = -1  # the last epoch taken in (0-based)
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        if not self.state_file.exists():
+        loaded = load_average(self.state_file, [w.shape for w in self.model.get_weights()], ("count", "last_epoch"))
+        if loaded is None:
             return
-        try:
-            with np.load(self.state_file, allow_pickle=False) as saved:
-                mean = [saved[f"w{i}"] for i in range(int(saved["n_weights"]))]
-                count, last = int(saved["count"]), int(saved["last_epoch"])
-        except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged file
-            log.warning("%s: unreadable (%s); the weight average starts again", self.state_file, exc)
-            return
-        if [w.shape for w in mean] != [w.shape for w in self.model.get_weights()]:
-            log.warning("%s: holds weights of another model; the weight average starts again", self.state_file)
-            return
-        self.mean, self.count, self.last_epoch = mean, count, last
-        log.info("continuing the weight average of %d epochs (to epoch %d)", count, last + 1)
+        self.mean, counters = loaded
+        self.count, self.last_epoch = counters["count"], counters["last_epoch"]
+        log.info("continuing the weight average of %d epochs (to epoch %d)", self.count, self.last_epoch + 1)
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         if epoch < self.start_epoch or epoch <= self.last_epoch:
@@ -73,9 +92,7 @@ class WeightAverage(keras.callbacks.Callback):
         self._save()
 
     def _save(self) -> None:
-        with replaced_file(self.state_file) as tmp:
-            np.savez(tmp, n_weights=len(self.mean), count=self.count, last_epoch=self.last_epoch,
-                     **{f"w{i}": w for i, w in enumerate(self.mean)})
+        save_average(self.state_file, self.mean, count=self.count, last_epoch=self.last_epoch)
 
     def apply(self, model: keras.Model) -> None:
         """Load the average into `model` (same architecture)."""
