@@ -46,3 +46,22 @@ def test_shipped_bundle_classifies_with_json_and_flag(name):
     assert len(lines) == 3
     for rec in lines:
         assert rec["label"] in SHIPPED[name] and isinstance(rec["flag"], bool) and 0 <= rec["score"] <= 1
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_models_readme_agrees_with_the_shipped_bundle(name):
+    """models/README.md gives each bundle's test figures as its card does, and its run tables mark the run the
+    bundle was converted from, and only that run, as the shipped one: a bundle replaced without its notes fails."""
+    meta = json.loads((MODELS / name / "model.json").read_text())
+    card = (MODELS / name / "README.md").read_text().splitlines()
+    readme = (MODELS / "README.md").read_text().splitlines()
+    shipped = _cells(next(line for line in card if line.startswith("| int8 TFLite (shipped) |")))
+    balanced, sensitivity, specificity = shipped[1].split(" (")[0], shipped[5], shipped[6]
+    row = _cells(next(line for line in readme if line.startswith(f"| `{name}/` |")))
+    assert row[3].startswith(balanced + " (") and row[4] == f"{sensitivity} / {specificity}"
+    marked = [line for line in readme if f"shipped (`{name}/` now)" in line]
+    assert len(marked) == 1 and f"`{Path(meta['training']['run_dir']).name}`" in marked[0]
