@@ -77,6 +77,17 @@ def test_validation_and_checkpoint_see_the_average_and_training_goes_on_from_the
     for got, want in zip(resumed.shadow, averages[-1]):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
     assert not list(tmp_path.glob("*.tmp*"))
+    # killed after the state file of epoch 2 but before its backup: the resumed phase runs epoch 2 again, and the
+    # average, which holds it already, takes in neither its steps nor a new state file
+    saved_before = (tmp_path / "finetune.ema.npz").read_bytes()
+    resumed.on_epoch_begin(2)
+    resumed.on_train_batch_end(0)
+    resumed.on_epoch_end(2)
+    assert int(resumed.steps.numpy()) == 9 and (tmp_path / "finetune.ema.npz").read_bytes() == saved_before
+    resumed.on_epoch_begin(3)  # the first epoch it has not seen is taken in
+    resumed.on_train_batch_end(0)
+    resumed.on_epoch_end(3)
+    assert int(resumed.steps.numpy()) == 10 and resumed.last_epoch == 3
 
 
 def test_a_damaged_state_file_restarts_the_average_from_the_live_weights(tmp_path, caplog):
@@ -94,7 +105,7 @@ def test_a_damaged_state_file_restarts_the_average_from_the_live_weights(tmp_pat
     assert int(ema.steps.numpy()) == 0
     for got, want in zip(ema.shadow, model.get_weights()):
         np.testing.assert_array_equal(got.numpy(), want)
-    np.savez(state, n_weights=1, steps=5, w0=np.zeros(7, np.float32))  # another model's average
+    np.savez(state, n_weights=1, steps=5, last_epoch=0, w0=np.zeros(7, np.float32))  # another model's average
     other = ModelEMA(0.9, state)
     other.set_model(model)
     other.on_train_begin()

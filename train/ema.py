@@ -17,7 +17,8 @@ steadier, and averaged weights tend to generalise better (Polyak averaging).
 The callbacks' order matters: `ema.scoring()` first (swap in), `ema` itself after the callbacks that score and save
 the averaged weights and before BackupAndRestore, so the backup holds the live weights. The average and its step
 count are written to `state_file` after every epoch (through a temporary file renamed into place) and read back when
-training starts, so a phase resumed with BackupAndRestore continues the same average.
+training starts, so a phase resumed with BackupAndRestore continues the same average; an epoch the average already
+holds (the kill came after its state file, before its backup) is run again without being taken in twice.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ModelEMA(keras.callbacks.Callback):
         self.steps: Optional[tf.Variable] = None
         self._pending_start = False  # copy the live weights at the first step (after BackupAndRestore restored them)
         self._swapped = False
+        self.last_epoch = -1  # the last epoch (0-based) whose steps the average holds
+        self._replaying = False  # an epoch the average already holds, run again after a resume: not taken in twice
 
     def _watched(self) -> list[tf.Variable]:
         return [w for w in self.model.weights if w.dtype.is_floating]
@@ -65,13 +68,14 @@ class ModelEMA(keras.callbacks.Callback):
         self._pending_start = not self._load(watched)
 
     def _load(self, watched: list[tf.Variable]) -> bool:
-        loaded = load_average(self.state_file, [tuple(w.shape) for w in watched], ("steps",))
+        loaded = load_average(self.state_file, [tuple(w.shape) for w in watched], ("steps", "last_epoch"))
         if loaded is None:
             return False
         values, counters = loaded
         for s, v in zip(self.shadow, values):
             s.assign(v)
         self.steps.assign(counters["steps"])
+        self.last_epoch = counters["last_epoch"]
         log.info("continuing the moving average of the weights after %d steps", counters["steps"])
         return True
 
@@ -94,8 +98,14 @@ class ModelEMA(keras.callbacks.Callback):
                 s.assign(w)
             self._pending_start = False
 
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        # A SIGKILL after this file was saved but before the epoch's backup makes the resumed phase run that epoch
+        # again; the average already holds it (as SWA's does), so the replay leaves the average alone.
+        self._replaying = epoch <= self.last_epoch
+
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        self._update_fn()
+        if not self._replaying:
+            self._update_fn()
 
     def swap_in(self) -> None:
         """Put the averaged weights into the model (the live ones are kept in the average's place)."""
@@ -111,7 +121,11 @@ class ModelEMA(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         self.swap_out()
-        save_average(self.state_file, [s.numpy() for s in self.shadow], steps=int(self.steps.numpy()))
+        if self._replaying:
+            return
+        self.last_epoch = epoch
+        save_average(self.state_file, [s.numpy() for s in self.shadow], steps=int(self.steps.numpy()),
+                     last_epoch=epoch)
 
     def scoring(self) -> keras.callbacks.Callback:
         """The callback to put first: at the end of each epoch it swaps the average in for the scores to read."""
