@@ -54,16 +54,19 @@ def flag_frequencies(classes: Sequence[str], train_counts: dict[str, int], balan
     """The class frequencies the flag reads P(`label`) at, or None for the raw output.
 
     A model trained with class weights or oversampling (`balance`) answers as if its classes were equally common:
-    prior "train" moves its P(label) to the training split's frequencies. A model trained on the data's own
-    frequencies (balance "none") already answers at them, and reweighting again would count them twice.
+    prior "train" moves its P(label) to the training split's frequencies. One trained with square-root sampling
+    ("sqrt") answers as if each class were as common as the square root of its count, so the weights that move it
+    there are those square roots, normalised. A model trained on the data's own frequencies (balance "none")
+    already answers at them, and reweighting again would count them twice.
     `train_counts` is the training split of the run's data alone: images added with `train --extra-train` were
     chosen for their class, so their share says nothing about how often lesions occur."""
     if prior not in FLAG_PRIORS:
         raise ValueError(f"unknown flag prior {prior!r}")
     if prior == "none" or balance == "none" or not train_counts.get(label):
         return None
-    total = sum(train_counts.get(c, 0) for c in classes)
-    return {c: round(train_counts.get(c, 0) / total, 6) for c in classes}
+    power = 0.5 if balance == "sqrt" else 1.0
+    total = sum(train_counts.get(c, 0) ** power for c in classes)
+    return {c: round(train_counts.get(c, 0) ** power / total, 6) for c in classes}
 
 
 def split_description(cfg: dict) -> str:

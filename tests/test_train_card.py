@@ -185,16 +185,19 @@ def test_card_of_a_distilled_qat_run_names_its_float_run_and_its_targets(tmp_pat
     assert "| training time | 102 min: 72 min for the float model, 30 min for QAT on it |" in card
 
 
-@pytest.mark.parametrize("flag, words, option", [
-    ({"prior": "train", "class_frequencies": {"mel": 0.36, "nv": 0.64}},
+@pytest.mark.parametrize("flag, balance, words, option", [
+    ({"prior": "train", "class_frequencies": {"mel": 0.36, "nv": 0.64}}, "weights",
      "P(mel) at the training split's class frequencies (mel 36.0 %, nv 64.0 %", ""),
-    ({"prior": "none"}, "P(mel) >= 0.2", " --flag-prior none"),
-    ({}, "P(mel) >= 0.2", " --flag-prior none"),  # a bundle from before the option: it read the raw P too
+    ({"prior": "train", "class_frequencies": {"mel": 0.43, "nv": 0.57}}, "sqrt",
+     "P(mel) weighted by the square roots of the training split's class counts (mel 43.0 %, nv 57.0 %", ""),
+    ({"prior": "none"}, "weights", "P(mel) >= 0.2", " --flag-prior none"),
+    ({}, "weights", "P(mel) >= 0.2", " --flag-prior none"),  # a bundle from before the option: it read the raw P too
 ])
-def test_card_words_the_flag_and_its_convert_option(tmp_path, flag, words, option):
+def test_card_words_the_flag_and_its_convert_option(tmp_path, flag, balance, words, option):
     bundle, report, run = _setup(tmp_path)
     meta = json.loads((bundle / "model.json").read_text())
     meta["flag"].update(flag)
+    meta["training"]["config"]["balance"] = balance
     (bundle / "model.json").write_text(json.dumps(meta))
     if "class_frequencies" in flag:  # compare scores the flag's own score too
         metrics = json.loads((report / "metrics.json").read_text())

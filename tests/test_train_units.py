@@ -59,6 +59,8 @@ def test_flag_at_class_frequencies_matches_hand_computed_values():
 @pytest.mark.parametrize("balance, prior, counts, expected", [
     ("weights", "train", {"mel": 1, "nv": 3}, {"mel": 0.25, "nv": 0.75}),
     ("oversample", "train", {"mel": 1, "nv": 3}, {"mel": 0.25, "nv": 0.75}),
+    # trained at square-root shares (1 : 2), the model's P(mel) is moved to the data's 1 : 4 by weights 1 : 2
+    ("sqrt", "train", {"mel": 1, "nv": 4}, {"mel": pytest.approx(1 / 3, abs=1e-6), "nv": pytest.approx(2 / 3)}),
     ("none", "train", {"mel": 1, "nv": 3}, None),  # trained at the data's frequencies: its outputs carry them
     ("weights", "none", {"mel": 1, "nv": 3}, None),
     ("weights", "train", {"nv": 3}, None),  # no training melanoma: no share to read P(mel) at
@@ -374,6 +376,22 @@ def test_training_batches_carry_class_weights_blended_like_their_targets(mixup):
     assert blended == 0 if mixup == 0 else blended > 0.2
     val = make_dataset(x, y, 3, batch_size=16, training=False, mixup=mixup)
     assert all(len(batch) == 2 and batch[1].numpy().max() == 1 for batch in val)  # evaluation never mixes
+
+
+@pytest.mark.parametrize("balance, shares", [("oversample", [1 / 3] * 3), ("sqrt", [4 / 8, 2 / 8, 2 / 8]),
+                                              ("weights", [16 / 24, 4 / 24, 4 / 24])])
+def test_class_sampling_draws_classes_equally_by_square_root_or_as_they_come(balance, shares):
+    from skinedge.train.config import OVERSAMPLE
+    from skinedge.train.pipeline import make_dataset
+
+    y = np.array([0] * 1600 + [1] * 400 + [2] * 400)  # square roots 40 : 20 : 20
+    x = y.astype(np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # every pixel its class
+    ds = make_dataset(x, y, 3, batch_size=200, training=True, seed=1, augment=False,
+                      oversample=OVERSAMPLE.get(balance))
+    batches = [(batch[0].numpy()[:, 0, 0, 0], batch[1].numpy().argmax(1)) for batch in ds]  # one pass: one shuffle
+    images, labels = (np.concatenate(parts) for parts in zip(*batches))
+    assert len(labels) == len(y) and np.array_equal(images, labels)  # an epoch is as long; images keep their labels
+    np.testing.assert_allclose(np.bincount(labels, minlength=3) / len(y), shares, atol=0.03)
 
 
 def test_random_transpose_turns_about_half_of_a_batch_and_leaves_the_rest():

@@ -256,7 +256,8 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
         test_neg = test_n - test_pos if test_pos is not None and test_n else None
         test_flag = mel.get("flag") or {}
         parts += ["## Melanoma flag (operating point)",
-                  f"`flag` is true when P({flag['label']}){_at_frequencies(flag)} >= {flag['threshold']} (chosen "
+                  f"`flag` is true when P({flag['label']}){_at_frequencies(flag, cfg.get('balance'))} >= "
+                  f"{flag['threshold']} (chosen "
                   f"for {flag.get('chosen_for')}). On validation: sensitivity "
                   f"{_rate(val.get('sensitivity'), val_pos)}, specificity "
                   f"{_rate(val.get('specificity'), val_neg)}. "
@@ -288,12 +289,17 @@ def _rate(rate: Optional[float], images: Optional[int]) -> str:
     return f"{_pct(rate)} (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %, {images} images)"
 
 
-def _at_frequencies(flag: dict[str, Any]) -> str:
+def _at_frequencies(flag: dict[str, Any], balance: Optional[str]) -> str:
     """How the card words a flag read at class frequencies (FlagRule.class_frequencies), or "" for the raw P."""
     shares = flag.get("class_frequencies")
     if not shares:
         return ""
     given = ", ".join(f"{c} {_pct(v)}" for c, v in shares.items())
+    if balance == "sqrt":
+        return (f" weighted by the square roots of the training split's class counts ({given}; the model was "
+                "trained with square-root class sampling, so its raw outputs answer as if each class were as common "
+                "as the square root of its count, and the weights move them to the classes' frequencies: the flag "
+                "asks how likely melanoma is among lesions as they occur)")
     return (f" at the training split's class frequencies ({given}; the model was trained class-balanced, so its "
             "raw outputs answer as if every class were equally common, and the flag asks how likely melanoma is "
             "among lesions as they occur)")

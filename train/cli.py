@@ -22,6 +22,7 @@ from skinedge.cli import (
     os_error,
 )
 from skinedge.device.constants import TTA_VIEWS
+from .config import BALANCE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,9 @@ class ImageSize(click.ParamType):
               help="Head learning rate (fine-tuning lr/10, QAT lr/100).")
 @click.option("--finetune-from", type=FiniteFloatRange(0, 1), default=0.6, show_default=True,
               help="Fine-tune the backbone above this fraction of its depth (0: all of it; mobilenetv2).")
-@click.option("--balance", type=click.Choice(["weights", "oversample", "none"]), default="weights",
-              show_default=True, help="Class imbalance handling.")
+@click.option("--balance", type=click.Choice(BALANCE_MODES), default="weights", show_default=True,
+              help="Class imbalance: weight the loss, draw every class equally often (oversample), or in "
+                   "proportion to the square root of its count (sqrt: milder, rare classes repeat less), or none.")
 @click.option("--label-smoothing", type=FiniteFloatRange(0, 0.5), default=0.05, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10),
               help="Use only N images (stratified) for a quick run, and the same share of --extra-train's.")

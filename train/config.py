@@ -20,6 +20,10 @@ DEFAULT_SEED = 42
 MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight averaging go by (mean per-class recall)
 # the settings a --float-from run chooses itself; every other one is the float run's (seed: of QAT alone, its split
 # stays; deterministic: of this run's process)
+# class imbalance handling (--balance), and how each draws training images class by class (pipeline.class_draws);
+# "weights" weights the loss instead, "none" trains at the data's own frequencies
+BALANCE_MODES = ("weights", "oversample", "sqrt", "none")
+OVERSAMPLE = {"oversample": "equal", "sqrt": "sqrt"}
 FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed", "deterministic")
 
 
@@ -51,7 +55,8 @@ class TrainConfig:
     lr: float = 1e-3  # learning rate of the head phase; fine-tuning uses lr/10, QAT lr/100 (cosine decay)
     finetune_from: float = 0.6  # fraction of the backbone's depth above which layers are unfrozen when fine-tuning
     label_smoothing: float = 0.05  # softens one-hot targets; helps calibration and QAT stability
-    balance: str = "weights"  # class imbalance: "weights" (class-weighted loss), "oversample" or "none"
+    balance: str = "weights"  # class imbalance: "weights" (class-weighted loss), "oversample" (every class drawn
+    #   equally often), "sqrt" (drawn in proportion to the square root of its count: milder) or "none"
     extra_train: Optional[str] = None  # another data set (folder per class or HAM10000) whose images join training
     #   only, never validation or test (more melanomas from another source); what repeats the data's is dropped
     extra_labels: dict[str, str] = field(default_factory=dict)  # extra_train class -> class of the data; classes
@@ -88,7 +93,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.arch not in ("mobilenetv2", "cnn"):
             raise ValueError(f"unknown arch {self.arch!r}")
-        if self.balance not in ("weights", "oversample", "none"):
+        if self.balance not in BALANCE_MODES:
             raise ValueError(f"unknown balance mode {self.balance!r}")
         if self.img_size < 32 or (self.img_width is not None and self.img_width < 32):
             raise ValueError("img_size and img_width must be at least 32")

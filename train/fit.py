@@ -43,7 +43,7 @@ from skinedge.device.atomic import copy_file, replaced_file
 from skinedge.device.labels import format_labels
 
 from . import data as D
-from .config import TrainConfig, phase_plan
+from .config import OVERSAMPLE, TrainConfig, phase_plan
 from .distill import Distiller
 from .ema import ModelEMA
 from .monitor import MONITOR, TrainBalancedAccuracy, ValidationMetrics, validation_scores
@@ -253,7 +253,7 @@ def _run_phase(
     weights = class_weights(y, num_classes) if cfg.balance == "weights" else None
     mixup = phase_mixup(cfg, phase)
     ds = make_dataset(x, y, num_classes, cfg.batch_size, training=True, seed=cfg.seed, augment=cfg.augment,
-                      oversample=cfg.balance == "oversample", label_smoothing=cfg.label_smoothing,
+                      oversample=OVERSAMPLE.get(cfg.balance), label_smoothing=cfg.label_smoothing,
                       class_weight=weights, mixup=mixup, rot90=cfg.rot90)
     (run / "history").mkdir(exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
