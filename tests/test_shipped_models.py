@@ -52,6 +52,14 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
+def _row(lines: list[str], first: str, where: str) -> dict[str, str]:
+    """The Markdown table row whose first cell is `first`, by its table's column headers."""
+    at = next((i for i, line in enumerate(lines) if _cells(line)[0] == first and line.startswith("|")), None)
+    assert at is not None, f"{where} has no table row {first!r}"
+    header = next(lines[i - 1] for i in range(at, 0, -1) if lines[i].startswith("|---"))
+    return dict(zip(_cells(header), _cells(lines[at])))
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 def test_models_readme_agrees_with_the_shipped_bundle(name):
     """models/README.md gives each bundle's test figures as its card does, and its run tables mark the run the
@@ -59,9 +67,11 @@ def test_models_readme_agrees_with_the_shipped_bundle(name):
     meta = json.loads((MODELS / name / "model.json").read_text())
     card = (MODELS / name / "README.md").read_text().splitlines()
     readme = (MODELS / "README.md").read_text().splitlines()
-    shipped = _cells(next(line for line in card if line.startswith("| int8 TFLite (shipped) |")))
-    balanced, sensitivity, specificity = shipped[1].split(" (")[0], shipped[5], shipped[6]
-    row = _cells(next(line for line in readme if line.startswith(f"| `{name}/` |")))
-    assert row[3].startswith(balanced + " (") and row[4] == f"{sensitivity} / {specificity}"
+    shipped = _row(card, "int8 TFLite (shipped)", f"{name}/README.md")
+    row = _row(readme, f"`{name}/`", "models/README.md")
+    balanced = shipped["balanced accuracy"].split(" (")[0]
+    flag = f"{shipped['melanoma flag sens.']} / {shipped['melanoma flag spec.']}"
+    assert row["test balanced accuracy, int8 (float)"].startswith(balanced + " ("), (row, balanced)
+    assert row["melanoma flag on test, int8: sensitivity / specificity"] == flag, (row, flag)
     marked = [line for line in readme if f"shipped (`{name}/` now)" in line]
     assert len(marked) == 1 and f"`{Path(meta['training']['run_dir']).name}`" in marked[0]
