@@ -110,6 +110,14 @@ def test_a_damaged_state_file_restarts_the_average_from_the_live_weights(tmp_pat
     other.set_model(model)
     other.on_train_begin()
     assert "another model" in caplog.text
+    shapes = [w.shape for w in model.get_weights()]
+    np.savez(state, n_weights=len(shapes), steps=5, **{f"w{i}": np.ones(s, np.float32) for i, s in enumerate(shapes)})
+    older = ModelEMA(0.9, state)  # written before the average recorded its last epoch
+    older.set_model(model)
+    older.on_train_begin()
+    assert "written by an earlier skinedge (no last_epoch)" in caplog.text
+    older.on_train_batch_begin(0)
+    assert int(older.steps.numpy()) == 0
 
 
 @pytest.mark.parametrize("args, hint", [
