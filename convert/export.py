@@ -30,7 +30,7 @@ import numpy as np
 
 from skinedge.device.bundle import FlagRule, embed_metadata, write_bundle
 from skinedge.device.classifier import ImageClassifier
-from skinedge.device.constants import FLAG_PRIORS, INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP
+from skinedge.device.constants import FLAG_PRIORS, INTENDED_USE, NOT_A_DIAGNOSIS, RESIZE_CENTER_CROP, TTA_VIEWS
 from skinedge.device.golden import make_golden
 from skinedge.device.preprocess import tta_problem, tta_views
 
@@ -151,19 +151,29 @@ def tensor_types(classifier: ImageClassifier) -> tuple[set[str], set[str]]:
     return ops, types
 
 
-def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64, tta: str = "none",
-                on_batch: Optional[Callable[[int], Any]] = None) -> np.ndarray:
-    """Class probabilities of a Keras model, averaged over the views of test-time augmentation `tta`; `on_batch`
-    is called with the number of images in each batch done (a progress bar's `update`).
+def keras_view_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64, tta: str = "none",
+                     on_batch: Optional[Callable[[int], Any]] = None) -> np.ndarray:
+    """Class probabilities of a Keras model for each view of test-time augmentation `tta` (views x N x classes,
+    the images as they are first); `on_batch` is called with the number of images in each batch done (a progress
+    bar's `update`).
 
     Views are made a batch at a time: eight float32 copies of a whole validation split would be gigabytes."""
     out = []
     for i in range(0, len(x), batch_size):
-        views = [model.predict_on_batch(v.astype(np.float32)) for v in tta_views(x[i:i + batch_size], tta)]
-        out.append(views[0] if len(views) == 1 else np.mean(views, axis=0))
+        batch = tta_views(x[i:i + batch_size], tta)
+        out.append(np.stack([model.predict_on_batch(v.astype(np.float32)) for v in batch]))
         if on_batch is not None:
-            on_batch(len(out[-1]))
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+            on_batch(out[-1].shape[1])
+    if not out:
+        return np.zeros((len(TTA_VIEWS[tta]), 0, model.output_shape[-1]), np.float32)
+    return np.concatenate(out, axis=1)
+
+
+def keras_probs(model: keras.Model, x: np.ndarray, batch_size: int = 64, tta: str = "none",
+                on_batch: Optional[Callable[[int], Any]] = None) -> np.ndarray:
+    """Class probabilities of a Keras model, averaged over the views of test-time augmentation `tta`."""
+    views = keras_view_probs(model, x, batch_size, tta, on_batch)
+    return views[0] if len(views) == 1 else views.mean(axis=0)
 
 
 def tflite_classifier(tflite: bytes, workdir: Path, labels: Sequence[str], name: str = "model.tflite",
@@ -220,16 +230,20 @@ def convert_run(
     log.info("converted in %.1f s: %d bytes", convert_seconds, len(tflite))
 
     x_va, y_va, _ = run.images("val")
+    # every view once, the images as they are first: the gate compares the models on that view alone, the figures
+    # below are of the views' average (what the bundle answers)
     with int32_biases(qat):  # the QAT model as the int8 model stores it: biases on their int32 grid
-        ref = keras_probs(qat, x_va)
+        ref_views = keras_view_probs(qat, x_va, tta=tta)
+    ref = ref_views[0]
     with tempfile.TemporaryDirectory() as tmp:
         clf = tflite_classifier(tflite, Path(tmp), classes, threads=threads, norm=norm, tta=tta)
         ops, types = tensor_types(clf)
         if set(types) - {t.__name__ for t in INTEGER_TYPES}:
             raise ConvertError(f"converted model is not full-integer: tensor types {sorted(types)}")
-        probs = clf.predict_batch(x_va, tta=False)
-        # what the bundle will answer: averaged over its views by the device's own classifier
-        averaged = clf.predict_batch(x_va) if tta != "none" else probs
+        views = [clf.view_probabilities(p) for p in x_va]
+        probs = np.stack([v[0] for v in views]) if views else np.zeros((0, len(classes)), np.float32)
+        # what the bundle will answer: averaged over its views as the device's own classifier averages them
+        averaged = np.stack([clf.average_views(v) for v in views]) if views and tta != "none" else probs
         quant = {
             "input": {"dtype": clf.input_dtype.name, "scale": clf.input_scale, "zero_point": clf.input_zero_point},
             "output": {"dtype": clf.output_dtype.name, "scale": clf.output_scale,
@@ -251,9 +265,7 @@ def convert_run(
         )
 
     if tta != "none":
-        probs = averaged
-        with int32_biases(qat):
-            ref = keras_probs(qat, x_va, tta=tta)
+        probs, ref = averaged, ref_views.mean(axis=0)
     flag, rule = None, None
     mel = melanoma_index(classes)
     counts = {k: class_counts(v) for k, v in run.splits.items()}

@@ -245,10 +245,18 @@ class ImageClassifier:
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for preprocessed pixels, averaged over the views of the classifier's test-time
         augmentation (one invoke per view; `invoke` alone for "none")."""
-        views = tta_views(pixels, self.tta)
-        if len(views) == 1:
-            return self.invoke(views[0])
-        return np.mean([self.invoke(v) for v in views], axis=0, dtype=np.float32)
+        views = self.view_probabilities(pixels)
+        return views[0] if len(views) == 1 else self.average_views(views)
+
+    def view_probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """The int8 model's probabilities for each view of test-time augmentation (views x classes), the pixels as
+        they are first: the model alone and the averaged answer from the same invokes (convert checks both)."""
+        return np.stack([self.invoke(v) for v in tta_views(pixels, self.tta)])
+
+    @staticmethod
+    def average_views(views: np.ndarray) -> np.ndarray:
+        """What `probabilities` answers for `view_probabilities`: their mean, in float32."""
+        return np.mean(views, axis=0, dtype=np.float32)
 
     def top(self, probabilities: np.ndarray, k: Optional[int] = None) -> list[Category]:
         k = min(k or self.top_k, len(probabilities))

@@ -197,6 +197,9 @@ def test_tta_bundle_averages_the_model_over_the_views_of_each_frame(bundle_copy)
     assert not np.allclose(plain.last_probabilities, expected, atol=1e-3)  # the views do change the answer
     assert np.allclose(clf.predict_batch([frame]), expected[None], atol=1e-6)
     assert np.allclose(clf.predict_batch([frame], tta=False), plain.last_probabilities[None])
+    each = clf.view_probabilities(frame)  # convert's check: the int8 model alone and the bundle's answer, one pass
+    assert each.shape == (4, clf.num_classes) and np.array_equal(each[0], plain.last_probabilities)
+    assert np.array_equal(clf.average_views(each), clf.last_probabilities)
 
 
 @pytest.mark.parametrize("tta", ["rot45", 4, None, ["flips"], {"views": 4}])

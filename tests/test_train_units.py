@@ -118,7 +118,7 @@ def test_batchnorm_folding_is_exact():
 @pytest.mark.parametrize("tta", ["none", "dihedral"])
 def test_keras_probs_average_each_images_views_batch_by_batch(tta):
     """A batch size that splits the images unevenly gives each image the mean of its own views, nothing else."""
-    from skinedge.convert.export import keras_probs
+    from skinedge.convert.export import keras_probs, keras_view_probs
     from skinedge.convert.model import build_model
     from skinedge.device.preprocess import tta_views
 
@@ -131,6 +131,10 @@ def test_keras_probs_average_each_images_views_batch_by_batch(tta):
     assert probs.shape == (7, 3) and done == [3, 3, 1]
     np.testing.assert_allclose(probs, per_image, atol=1e-6)
     assert keras_probs(model, x[:0], tta=tta).shape == (0, 3)
+    views = keras_view_probs(model, x, batch_size=3, tta=tta)  # what convert checks: each view, the image first
+    assert views.shape == (len(tta_views(x[0], tta)), 7, 3) and keras_view_probs(model, x[:0], tta=tta).shape[1] == 0
+    np.testing.assert_allclose(views[0], model.predict(x.astype(np.float32), verbose=0), atol=1e-6)
+    np.testing.assert_array_equal(views.mean(axis=0) if tta != "none" else views[0], probs)
 
 
 def test_qat_fake_quantizes_the_weights_of_convs_before_relus_per_channel(tmp_path, caplog):
