@@ -18,12 +18,12 @@ from skinedge.device.atomic import replaced_file
 DEFAULT_WEIGHTS = "../shared/weights/mobilenet_v2_1.0_imagenet_no_top.h5"
 DEFAULT_SEED = 42
 MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight averaging go by (mean per-class recall)
-# the settings a --float-from run chooses itself; every other one is the float run's (seed: of QAT alone, its split
-# stays; deterministic: of this run's process)
 # class imbalance handling (--balance), and how each draws training images class by class (pipeline.class_draws);
 # "weights" weights the loss instead, "none" trains at the data's own frequencies
 BALANCE_MODES = ("weights", "oversample", "sqrt", "none")
 OVERSAMPLE = {"oversample": "equal", "sqrt": "sqrt"}
+# the settings a --float-from run chooses itself; every other one is the float run's (seed: of QAT alone, its split
+# stays; deterministic: of this run's process)
 FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed", "deterministic")
 
 
