@@ -46,14 +46,14 @@ def load_average(path: Path, shapes: list[tuple[int, ...]], counters: tuple[str,
     try:
         with np.load(path, allow_pickle=False) as saved:
             missing = [name for name in counters if name not in saved.files]
+            if missing:  # written before the counter existed (the EMA's last_epoch): nothing says which epochs it holds
+                log.warning("%s: written by an earlier skinedge (no %s); the weight average starts again", path,
+                            ", ".join(missing))
+                return None
             weights = [saved[f"w{i}"] for i in range(int(saved["n_weights"]))]
-            values = {name: int(saved[name]) for name in counters if name not in missing}
+            values = {name: int(saved[name]) for name in counters}
     except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged file
         log.warning("%s: unreadable (%s); the weight average starts again", path, exc)
-        return None
-    if missing:  # written before the counter existed (the EMA's last_epoch): nothing says which epochs it holds
-        log.warning("%s: written by an earlier skinedge (no %s); the weight average starts again", path,
-                    ", ".join(missing))
         return None
     if [w.shape for w in weights] != [tuple(shape) for shape in shapes]:
         log.warning("%s: holds weights of another model; the weight average starts again", path)
