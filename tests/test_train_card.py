@@ -89,10 +89,12 @@ def test_card_says_whether_the_weight_average_was_kept(tmp_path):
     assert "last 4 fine-tuning epochs averaged (SWA)" in card and "0.691 against 0.676" in card
     assert "the average was kept" in card
     assert "mixup 0.4 (float phases)" in card
-    assert "warm-up" not in card
+    assert "warm-up" not in card and "strong augmentation" not in card
     meta["training"]["config"]["warmup_epochs"] = 1.5
+    meta["training"]["config"]["augment_level"] = "strong"
     (bundle / "model.json").write_text(json.dumps(meta))
     card = _card(bundle, report, run)
+    assert "strong augmentation (any angle, deeper crops, hue shift)" in card
     assert "fine-tuning 6 epochs (lr/10 after a 1.5-epoch warm-up, top 40% of the backbone)" in card
 
 

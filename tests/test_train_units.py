@@ -170,6 +170,7 @@ def test_qat_fake_quantizes_the_weights_of_convs_before_relus_per_channel(tmp_pa
 @pytest.mark.parametrize("args", [
     ["--epochs", "-1"], ["--img-size", "0"], ["--batch-size", "0"], ["--arch", "resnet"], ["--weights", "nope.h5"],
     ["--mixup", "-0.1"], ["--mixup", "nan"], ["--qat-distill", "1.5"], ["--qat-distill", "-0.2"],
+    ["--augment-level", "wild"],
 ])
 def test_train_refuses_nonsense_options(tmp_path, args):
     from skinedge.cli import main
@@ -369,7 +370,7 @@ def test_training_batches_carry_class_weights_blended_like_their_targets(mixup):
     y = np.array([0] * 40 + [1] * 16 + [2] * 8)
     x = np.random.default_rng(0).integers(0, 256, (len(y), 8, 8, 3), dtype=np.uint8)
     table = class_weights(y, 3)
-    ds = make_dataset(x, y, 3, batch_size=16, training=True, seed=3, augment=False, class_weight=table, mixup=mixup)
+    ds = make_dataset(x, y, 3, batch_size=16, training=True, seed=3, augment=None, class_weight=table, mixup=mixup)
     batches = [tuple(t.numpy() for t in batch) for batch in ds]
     images, target, weight = (np.concatenate(parts) for parts in zip(*batches))
     assert images.shape == x.shape and np.allclose(target.sum(1), 1)
@@ -390,7 +391,7 @@ def test_class_sampling_draws_classes_equally_by_square_root_or_as_they_come(bal
 
     y = np.array([0] * 1600 + [1] * 400 + [2] * 400)  # square roots 40 : 20 : 20
     x = y.astype(np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # every pixel its class
-    ds = make_dataset(x, y, 3, batch_size=200, training=True, seed=1, augment=False,
+    ds = make_dataset(x, y, 3, batch_size=200, training=True, seed=1, augment=None,
                       oversample=OVERSAMPLE.get(balance))
     batches = [(batch[0].numpy()[:, 0, 0, 0], batch[1].numpy().argmax(1)) for batch in ds]  # one pass: one shuffle
     images, labels = (np.concatenate(parts) for parts in zip(*batches))
@@ -426,6 +427,45 @@ def test_rot90_augmentation_reaches_the_turned_orientations_of_square_images_onl
     wide = np.zeros((8, 6, 10, 3), np.uint8)
     batch = next(iter(make_dataset(wide, np.zeros(8, np.int64), 2, 8, training=True, seed=5, rot90=True)))[0]
     assert batch.shape == (8, 6, 10, 3)  # a wide image is never turned
+
+
+def test_shift_hue_turns_each_image_by_its_own_share_of_the_colour_circle():
+    from skinedge.train.pipeline import shift_hue
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (3, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(shift_hue(images, np.zeros(3, np.float32)).numpy(), images, atol=0.05)
+    red = np.zeros((3, 2, 2, 3), np.float32)
+    red[..., 0] = 200
+    out = shift_hue(red, np.array([1 / 3, -1 / 3, 0.0], np.float32)).numpy()
+    np.testing.assert_allclose(out[0, 0, 0], [0, 200, 0], atol=0.05)  # red a third of the way on is green
+    np.testing.assert_allclose(out[1, 0, 0], [0, 0, 200], atol=0.05)  # and a third back, blue (the circle wraps)
+    np.testing.assert_allclose(out[2], red[2], atol=0.05)
+    grey = np.full((1, 2, 2, 3), 90, np.float32)  # no saturation: no hue to turn
+    np.testing.assert_allclose(shift_hue(grey, np.array([0.2], np.float32)).numpy(), grey, atol=0.05)
+
+
+def test_augment_levels_are_the_pipelines_and_strong_goes_further_than_mild():
+    from skinedge.train.config import AUGMENT_LEVELS, TrainConfig
+    from skinedge.train.pipeline import AUGMENTATIONS, make_dataset
+
+    assert tuple(AUGMENTATIONS) == AUGMENT_LEVELS
+    with pytest.raises(ValueError, match="augment level"):
+        TrainConfig(data="d", out="o", augment_level="wild").validate()
+    x = np.random.default_rng(2).integers(0, 256, (64, 24, 24, 3)).astype(np.uint8)
+    y = np.zeros(64, np.int64)
+
+    def batch(level):
+        return next(iter(make_dataset(x, y, 2, 64, training=True, seed=4, augment=level)))[0].numpy()
+
+    mild, strong, plain = batch("mild"), batch("strong"), batch(None)
+    assert mild.shape == strong.shape == x.shape and strong.min() >= 0 and strong.max() <= 255
+    order = np.argsort(x.reshape(64, -1).sum(1))  # training shuffles: match images by their pixel sums
+    np.testing.assert_array_equal(plain[np.argsort(plain.reshape(64, -1).sum(1))], x[order])  # None: as they are
+    # hue turns and stronger colour changes move a batch's colours further from the images' own
+    shift = {name: np.abs(np.sort(b.mean((1, 2)), 0) - np.sort(x.mean((1, 2)), 0)).mean()
+             for name, b in (("mild", mild), ("strong", strong))}
+    assert shift["strong"] > shift["mild"]
 
 
 @pytest.mark.parametrize("extra", [["--img-size", "96"], ["--mixup", "0.2"], ["--split-seed", "1"],

@@ -187,6 +187,8 @@ def render(meta: dict[str, Any], metrics: dict[str, Any], summary: Optional[dict
                               f"early stopping patience {cfg.get('patience')}, class imbalance: {cfg.get('balance')}, "
                               f"label smoothing {cfg.get('label_smoothing')}, "
                               + (f"mixup {cfg['mixup']} (float phases), " if cfg.get("mixup") else "")
+                              + ("strong augmentation (any angle, deeper crops, hue shift), "
+                                 if cfg.get("augment_level") == "strong" else "")
                               + f"seed {cfg.get('seed')}"
                               + (f" (split seed {cfg['split_seed']})"
                                  if cfg.get("split_seed") not in (None, cfg.get("seed")) else "")

@@ -22,7 +22,7 @@ from skinedge.cli import (
     os_error,
 )
 from skinedge.device.constants import TTA_VIEWS
-from .config import BALANCE_MODES
+from .config import AUGMENT_LEVELS, BALANCE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,10 @@ class ImageSize(click.ParamType):
               help="Seeds the lesion split (and --limit's sample) alone [default: --seed]. Keep it and change "
                    "--seed to repeat training on the very same split.")
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
+@click.option("--augment-level", type=click.Choice(AUGMENT_LEVELS), default="mild", show_default=True,
+              help="How far augmentation goes: mild (small rotations, zoom and colour changes) or strong (any angle, "
+                   "crops to 70 % of the side, stronger colour changes and a hue shift; for rare classes that "
+                   "--balance oversample repeats many times an epoch).")
 @click.option("--rot90", is_flag=True,
               help="Augmentation also rotates square images by multiples of 90 degrees (with the flips: all eight "
                    "orientations of a lesion, which has none of its own).")
@@ -209,8 +213,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
           balance: str, label_smoothing: float, limit: Optional[int], lesion_ids: Optional[str],
           extra_train: Optional[str], extra_labels: dict[str, str], test_fraction: float,
           val_fraction: float, patience: int, warmup_epochs: float, swa_epochs: int, ema: float, mixup: float,
-          seed: Optional[int], split_seed: Optional[int], no_augment: bool, rot90: bool, deterministic: bool,
-          resume: bool) -> None:
+          seed: Optional[int], split_seed: Optional[int], no_augment: bool, augment_level: str, rot90: bool,
+          deterministic: bool, resume: bool) -> None:
     """Train a classifier on DATA with quantization-aware training.
 
     DATA is a HAM10000 folder (HAM10000_metadata.csv + images/) or a folder per class. The split is by lesion:
@@ -234,6 +238,7 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
       skinedge train ../shared/data/ham10000 --out runs/ham-seed7 --seed 7 --split-seed 42   # runs/ham's split
       skinedge train ../shared/data/ham10000 --out runs/ham-again --deterministic   # bit-reproducible
       skinedge train ../shared/data/ham10000 --out runs/ham-ema --ema 0.998   # score a moving average
+      skinedge train ../shared/data/ham10000 --out runs/ham-strong --balance oversample --augment-level strong
       skinedge train ../shared/data/ham10000 --out runs/ham --resume      # after an interruption
     """
     _check_run_out(data, out, resume)  # before TensorFlow is imported: a usage error is instant
@@ -267,7 +272,8 @@ def train(ctx: click.Context, data: str, out: str, arch: str, alpha: str, weight
         finetune_from=finetune_from, balance=balance, label_smoothing=label_smoothing, limit=limit,
         lesion_ids=lesion_ids, extra_train=extra_train, extra_labels=extra_labels, test_fraction=test_fraction,
         val_fraction=val_fraction, patience=patience, warmup_epochs=warmup_epochs, swa_epochs=swa_epochs, ema=ema,
-        mixup=mixup, split_seed=split_seed, augment=not no_augment, rot90=rot90, deterministic=deterministic,
+        mixup=mixup, split_seed=split_seed, augment=not no_augment, augment_level=augment_level, rot90=rot90,
+        deterministic=deterministic,
         float_from=float_from,
         qat_distill=qat_distill,
         # no --seed beside --float-from: None, and the float run's seed applies

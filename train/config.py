@@ -22,6 +22,7 @@ MONITOR = "val_balanced_accuracy"  # what early stopping, checkpoints and weight
 # "weights" weights the loss instead, "none" trains at the data's own frequencies
 BALANCE_MODES = ("weights", "oversample", "sqrt", "none")
 OVERSAMPLE = {"oversample": "equal", "sqrt": "sqrt"}
+AUGMENT_LEVELS = ("mild", "strong")  # --augment-level: how far augmentation goes (pipeline.AUGMENTATIONS)
 # the settings a --float-from run chooses itself; every other one is the float run's (seed: of QAT alone, its split
 # stays; deterministic: of this run's process)
 FLOAT_FROM_CHOICES = ("settle_epochs", "qat_epochs", "qat_distill", "seed", "deterministic")
@@ -79,7 +80,9 @@ class TrainConfig:
     #   split_seed is set; None only before a --float-from run takes its float run's (then it seeds QAT alone)
     split_seed: Optional[int] = None  # seeds the split and --limit's sample alone (None: seed; stored resolved), so
     #   runs with different seeds can train on the very same split and be compared image for image
-    augment: bool = True  # flips, small rotation, zoom, mild colour jitter
+    augment: bool = True  # flips, rotation, zoom and colour jitter, as far as augment_level says
+    augment_level: str = "mild"  # "mild" (small rotations, zoom and colour changes) or "strong" (any angle,
+    #   deeper crops, stronger colour and a hue shift: for recipes that repeat rare classes many times an epoch)
     rot90: bool = False  # augmentation also transposes square images half the time: with the flips, all eight
     #   90-degree rotations and mirrorings of a lesion (the shipped recipes use it; off by default, since a config
     #   stored before the option existed must resume and retrain as it did)
@@ -95,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"unknown arch {self.arch!r}")
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"unknown balance mode {self.balance!r}")
+        if self.augment_level not in AUGMENT_LEVELS:
+            raise ValueError(f"unknown augment level {self.augment_level!r}")
         if self.img_size < 32 or (self.img_width is not None and self.img_width < 32):
             raise ValueError("img_size and img_width must be at least 32")
         if not 0 <= self.warmup_epochs <= self.epochs:

@@ -252,7 +252,8 @@ def _run_phase(
         )
     weights = class_weights(y, num_classes) if cfg.balance == "weights" else None
     mixup = phase_mixup(cfg, phase)
-    ds = make_dataset(x, y, num_classes, cfg.batch_size, training=True, seed=cfg.seed, augment=cfg.augment,
+    ds = make_dataset(x, y, num_classes, cfg.batch_size, training=True, seed=cfg.seed,
+                      augment=cfg.augment_level if cfg.augment else None,
                       oversample=OVERSAMPLE.get(cfg.balance), label_smoothing=cfg.label_smoothing,
                       class_weight=weights, mixup=mixup, rot90=cfg.rot90)
     (run / "history").mkdir(exist_ok=True)

@@ -4,8 +4,9 @@
 
 Dermoscopy images have no canonical orientation, so flips are free, and so are 90-degree rotations of a square image
 (`rot90=True`: a random transpose, which with the two flips reaches all eight); small rotations, zoom and mild
-brightness/contrast/saturation jitter mimic different dermatoscopes and lighting. Augmentation runs on
-whole batches after batching (vectorised), followed by prefetch so the step never waits for the pipeline.
+brightness/contrast/saturation jitter mimic different dermatoscopes and lighting (`augment="mild"`; "strong" turns
+by any angle, crops deeper and shifts colour further, see AUGMENTATIONS). Augmentation runs on whole batches after
+batching (vectorised), followed by prefetch so the step never waits for the pipeline.
 
 Class weights travel in the data set as per-image weights (the third element of each batch) rather than through
 Keras' `class_weight`, which looks only at the argmax of a target: with mixup (`mixup=alpha`) an image is a blend of
@@ -14,6 +15,7 @@ two, and its weight is the same blend of theirs (Zhang et al. 2018, "mixup: beyo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -21,6 +23,32 @@ import numpy as np
 from skinedge.convert.tfcompat import keras, tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How far training augmentation goes (every change drawn uniformly, per image, within these bounds)."""
+
+    rotation: float  # largest rotation, as a fraction of a full turn (Keras RandomRotation's factor)
+    zoom: tuple[float, float]  # RandomZoom's height factor range: negative zooms in (crops), positive out
+    brightness: float  # largest brightness shift, as a fraction of 255
+    contrast: tuple[float, float]  # range of the contrast factor (1: unchanged)
+    saturation: tuple[float, float]  # range of the saturation factor (1: unchanged)
+    hue: float  # largest hue shift, as a fraction of the colour circle (0: none)
+
+
+# --augment-level (config.AUGMENT_LEVELS names them). "mild" is what every run before the option trained with, bit for
+# bit. "strong" follows the dermoscopy augmentation study of Perez et al. 2018 ("Data augmentation for skin lesion
+# analysis": crops at several scales, any rotation, stronger colour changes helped most) for runs whose rare
+# classes, drawn many times an epoch, are learned by heart: any angle (a lesion has no orientation), crops down to
+# 70 % of the side, brightness, contrast and saturation changes of up to a quarter, hue turned by up to 11 degrees
+# (a dermatoscope's colour cast; more would repaint the colours the diagnosis reads)
+AUGMENTATIONS = {
+    "mild": Augmentation(rotation=0.08, zoom=(-0.15, 0.1), brightness=0.08, contrast=(0.85, 1.15),
+                         saturation=(0.85, 1.15), hue=0.0),
+    "strong": Augmentation(rotation=0.5, zoom=(-0.3, 0.1), brightness=0.15, contrast=(0.75, 1.25),
+                           saturation=(0.75, 1.25), hue=0.03),
+}
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -67,12 +95,12 @@ def sample_beta(n: tf.Tensor, alpha: float, seed: int) -> tf.Tensor:
     return tf.where(total > 0, x / tf.maximum(total, 1e-30), tf.ones_like(total))
 
 
-def _augmenter(seed: int) -> keras.Sequential:
+def _augmenter(aug: Augmentation, seed: int) -> keras.Sequential:
     return keras.Sequential(
         [
             keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            keras.layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom((-0.15, 0.1), fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomRotation(aug.rotation, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom(aug.zoom, fill_mode="reflect", seed=seed + 2),
         ],
         name="augment",
     )
@@ -85,27 +113,38 @@ def random_transpose(images: tf.Tensor, seed: int) -> tf.Tensor:
     return tf.where(swap, tf.transpose(images, [0, 2, 1, 3]), images)
 
 
-def _color_jitter(images: tf.Tensor, seed: int) -> tf.Tensor:
-    """Mild per-image brightness, contrast and saturation changes on [0, 255] floats."""
+def shift_hue(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """Turn each image's hue by its own `delta` (fractions of the colour circle, one per image) on [0, 255] floats
+    (tf.image.adjust_hue takes one delta for the whole batch)."""
+    hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 255.0) / 255.0)
+    hue = tf.math.floormod(hsv[..., :1] + tf.reshape(delta, [-1, 1, 1, 1]), 1.0)
+    return tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], axis=-1)) * 255.0
+
+
+def _color_jitter(images: tf.Tensor, aug: Augmentation, seed: int) -> tf.Tensor:
+    """Per-image brightness, contrast, saturation (and, if `aug.hue`, hue) changes on [0, 255] floats."""
     n = tf.shape(images)[0]
-    brightness = tf.random.uniform([n, 1, 1, 1], -0.08, 0.08, seed=seed) * 255.0
-    contrast = tf.random.uniform([n, 1, 1, 1], 0.85, 1.15, seed=seed + 1)
-    saturation = tf.random.uniform([n, 1, 1, 1], 0.85, 1.15, seed=seed + 2)
+    brightness = tf.random.uniform([n, 1, 1, 1], -aug.brightness, aug.brightness, seed=seed) * 255.0
+    contrast = tf.random.uniform([n, 1, 1, 1], *aug.contrast, seed=seed + 1)
+    saturation = tf.random.uniform([n, 1, 1, 1], *aug.saturation, seed=seed + 2)
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
     images = (images - mean) * contrast + mean + brightness
     grey = tf.reduce_mean(images, axis=3, keepdims=True)
     images = (images - grey) * saturation + grey
+    if aug.hue:  # no draw at all otherwise, so "mild" runs keep their random streams
+        images = shift_hue(images, tf.random.uniform([n], -aug.hue, aug.hue, seed=seed + 5))
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
 def make_dataset(
     x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, training: bool, seed: int = 0,
-    augment: bool = True, oversample: Optional[str] = None, label_smoothing: float = 0.0,
+    augment: Optional[str] = "mild", oversample: Optional[str] = None, label_smoothing: float = 0.0,
     class_weight: Optional[dict[int, float]] = None, mixup: float = 0.0, rot90: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 255], one-hot labels), plus per-image weights when `class_weight` or
     `mixup` is given.
 
+    `augment` names the training augmentation (a key of AUGMENTATIONS; None: none).
     With `oversample` ("equal" or "sqrt", see class_draws), images are drawn class by class, every class equally
     often or in proportion to the square root of its count (an epoch then has as many steps as the plain one).
     `mixup` > 0 (training only) blends every image with another of its batch, the share drawn from Beta(mixup,
@@ -138,7 +177,8 @@ def make_dataset(
             ds = ds.shuffle(min(len(y), 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False).map(one_hot, num_parallel_calls=AUTOTUNE)
     if training and augment:
-        aug = _augmenter(seed)
+        level = AUGMENTATIONS[augment]
+        aug = _augmenter(level, seed)
 
         square = x.ndim == 4 and x.shape[1] == x.shape[2]
 
@@ -146,7 +186,7 @@ def make_dataset(
             images = aug(images, training=True)
             if rot90 and square:
                 images = random_transpose(images, seed + 4)
-            return (_color_jitter(images, seed), *rest)
+            return (_color_jitter(images, level, seed), *rest)
 
         ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
     if training and mixup > 0:
